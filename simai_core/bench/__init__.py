@@ -1,0 +1,1 @@
+"""pytest integration: options, MPI plumbing, staging fixtures and FOM recording."""

@@ -1,0 +1,109 @@
+"""Figures of merit (FOMs) and the ``extra_info`` schema they are written in.
+
+A benchmark's ``extra_info`` in the pytest-benchmark JSON holds two blocks:
+
+* ``simai``: ``{schema, level, motif, backend, backend_detail, deployment,
+  world_size, machine, params}`` (see :class:`RunInfo`);
+* ``fom``: ``{name: {value, unit, better, ranks: {min, mean, max}}}``
+  (see :class:`Fom`). GB means 1e9 bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+Better = Literal["higher", "lower"]
+Combine = Literal["mean", "sum", "max", "min"]
+
+_COMBINERS: dict[str, Callable[[list[float]], float]] = {
+    "mean": lambda v: sum(v) / len(v),
+    "sum": sum,
+    "max": max,
+    "min": min,
+}
+
+
+class RankSpread(BaseModel):
+    """A FOM's value on the slowest, average and fastest rank."""
+
+    model_config = ConfigDict(extra="forbid")
+    min: float
+    mean: float
+    max: float
+
+
+class Fom(BaseModel):
+    """One figure of merit, reduced over ranks."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: float = Field(description="The reported value (the combination over ranks its name implies)")
+    unit: str = Field(description="Unit, e.g. 's', 'GB/s', '%', 'ratio', 'count'")
+    better: Better = Field(description="Which direction is an improvement")
+    ranks: RankSpread = Field(description="Spread of the per-rank values")
+
+
+class RunInfo(BaseModel):
+    """The ``simai`` block: what ran, where, on what."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_: int = Field(SCHEMA_VERSION, alias="schema")
+    level: Literal["micro", "mini", "full"]
+    motif: str | None = None
+    backend: str
+    backend_detail: dict[str, Any] = {}
+    deployment: str | None = None
+    world_size: int
+    machine: str
+    params: dict[str, Any] = {}
+
+
+class FomSpec(BaseModel):
+    """How to report a FOM: its unit, its direction and how ranks combine."""
+
+    model_config = ConfigDict(frozen=True)
+    unit: str
+    better: Better
+    combine: Combine = "mean"
+
+
+def reduce_foms(
+    per_rank: Iterable[Mapping[str, float]], specs: Mapping[str, FomSpec]
+) -> dict[str, Fom]:
+    """Combine each rank's local FOM values (one mapping per rank) into :class:`Fom` records."""
+    ranks = list(per_rank)
+    foms: dict[str, Fom] = {}
+    for name, spec in specs.items():
+        values = [float(r[name]) for r in ranks if name in r]
+        if not values:
+            continue
+        foms[name] = Fom(
+            value=_COMBINERS[spec.combine](values),
+            unit=spec.unit,
+            better=spec.better,
+            ranks=RankSpread(min=min(values), mean=sum(values) / len(values), max=max(values)),
+        )
+    return foms
+
+
+def ratio_fom(numerator: Fom, denominator: Fom, per_rank: Iterable[float] = ()) -> Fom:
+    """A dimensionless ratio of two reduced FOMs (e.g. backend GB/s over raw GB/s).
+
+    ``per_rank`` holds each rank's own ratio, for the spread; without it the spread is the value.
+    """
+    value = numerator.value / denominator.value if denominator.value else float("nan")
+    spread = list(per_rank) or [value]
+    return Fom(value=value, unit="ratio", better=numerator.better,
+               ranks=RankSpread(min=min(spread), mean=sum(spread) / len(spread), max=max(spread)))
+
+
+def extra_info(run: RunInfo, foms: Mapping[str, Fom]) -> dict[str, Any]:
+    """The ``extra_info`` dictionary for one benchmark."""
+    return {
+        "simai": run.model_dump(by_alias=True),
+        "fom": {name: fom.model_dump() for name, fom in foms.items()},
+    }

@@ -1,0 +1,95 @@
+"""The one place that knows about MPI ranks: world, launcher checks, abort, reductions."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from functools import cache
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Environment variables through which launchers announce the job size.
+_LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS_WORLD", "PALS_SIZE")
+
+
+@cache
+def world() -> Any:
+    """``MPI.COMM_WORLD`` (importing mpi4py initialises MPI; a plain run is a 1-rank world)."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def rank() -> int:
+    """This process's rank in the world."""
+    return int(world().Get_rank())
+
+
+def size() -> int:
+    """Number of ranks in the world."""
+    return int(world().Get_size())
+
+
+def launcher_size() -> int | None:
+    """The job size the launcher announced in the environment, if any."""
+    for var in _LAUNCHER_SIZE_VARS:
+        if var in os.environ:
+            return int(os.environ[var])
+    return None
+
+
+def check_world_size() -> None:
+    """Fail when the launcher promised N ranks but MPI sees another number.
+
+    A mismatched ``mpiexec`` (another MPI than the one mpi4py loaded) silently
+    turns every process into a 1-rank world: each would think it is rank 0.
+    """
+    promised, actual = launcher_size(), size()
+    if promised is not None and promised != actual:
+        raise RuntimeError(
+            f"The launcher started {promised} ranks but MPI sees a world of {actual}: this mpiexec does not "
+            f"belong to the MPI that mpi4py loaded. Use the venv's own launcher: .venv/bin/mpiexec -n {promised} ..."
+        )
+
+
+def abort(message: str, exc: BaseException | None = None, code: int = 1) -> None:
+    """Print ``message`` (and the traceback) on stderr and abort every rank of the job."""
+    text = f"[rank {rank()}/{size()}] {message}\n"
+    if exc is not None:
+        text += "".join(traceback.format_exception(exc))
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    world().Abort(code)
+
+
+def bcast_result(fn: Callable[[], T], comm: Any = None, root: int = 0) -> T:
+    """Run ``fn`` on ``root`` only and hand its result, or its error, to every rank of ``comm``.
+
+    Every rank then raises the same error, so no rank is left waiting in a
+    collective for a peer that failed.
+    """
+    comm = world() if comm is None else comm
+    outcome: tuple[bool, Any] | None = None
+    if comm.Get_rank() == root:
+        try:
+            outcome = (True, fn())
+        except Exception as exc:  # re-raised on every rank below, as a picklable copy
+            outcome = (False, (type(exc).__name__, str(exc)))
+    ok, value = comm.bcast(outcome, root=root)
+    if not ok:
+        name, message = value
+        raise RuntimeError(f"{name} on rank {root}: {message}")
+    return value  # type: ignore[no-any-return]
+
+
+def gather_to_all(value: T) -> list[T]:
+    """Every rank's ``value``, in rank order, on every rank."""
+    return list(world().allgather(value))
+
+
+def barrier() -> None:
+    """Synchronise all ranks."""
+    world().Barrier()
