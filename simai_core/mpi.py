@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from functools import cache
 from typing import Any, TypeVar
@@ -18,7 +19,10 @@ _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOC
 @cache
 def world() -> Any:
     """``MPI.COMM_WORLD`` (importing mpi4py initialises MPI; a plain run is a 1-rank world)."""
-    from mpi4py import MPI
+    with warnings.catch_warnings():
+        # mpi4py's own launcher check is a warning; check_world_size() makes it an error that says what to do.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        from mpi4py import MPI
 
     return MPI.COMM_WORLD
 

@@ -39,6 +39,7 @@ _MARKERS = {
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """The suite's command-line options (see ``pytest --help``, group SimAI-Bench)."""
     group = parser.getgroup("simai", "SimAI-Bench")
     group.addoption("--simai-backend", action="append", default=[], metavar="NAME[,NAME]",
                     help=f"staging backend(s) to run (repeatable; default: every installed one; "
@@ -61,6 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    """Register markers, check the MPI world, load the profile and the backend selection."""
     for name, text in _MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     for spec in registry.BACKENDS.values():
@@ -133,11 +135,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """Under MPI, a collection error on any rank ends the job too."""
     if report.failed and mpi.size() > 1:
         mpi.abort(f"collecting {report.nodeid} failed; aborting all ranks\n{report.longreprtext}")
 
 
 def pytest_keyboard_interrupt() -> None:
+    """Remember Ctrl-C: teardown then stops servers without waiting for other ranks."""
     _INTERRUPTED.append(True)
 
 

@@ -12,8 +12,9 @@ from simai_core.staging.base import StagingClient, StagingServer
 
 
 class StagingPool:
-    """Starts each backend's server on first use (on rank 0, or on each node's first rank for
-    node-scoped backends), broadcasts its address, and connects a client on every rank.
+    """Starts each backend's server on first use, shares its address, connects every rank.
+
+    The server runs on rank 0, or on each node's first rank for node-scoped backends.
 
     Every rank must ask for the same backends in the same order (pytest runs the same
     tests everywhere), since starting a server is collective.

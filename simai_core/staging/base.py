@@ -24,7 +24,7 @@ def as_numpy(array: ArrayLike) -> np.ndarray:
     """Return a C-contiguous numpy view of ``array`` (a torch tensor is moved to the CPU)."""
     if not isinstance(array, np.ndarray):
         array = array.detach().cpu().numpy()  # torch.Tensor: zero-copy on the CPU
-    return np.ascontiguousarray(array)
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)  # keeps 0-d shapes
 
 
 class StagingClient(ABC):
@@ -63,7 +63,7 @@ class StagingClient(ABC):
     def clean(self, prefix: str) -> int:
         """Remove every key starting with ``prefix``; return how many were removed."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: many clients hold nothing to release)
         """Release the connection; calling it twice is harmless."""
 
     def poll(self, key: str, timeout_s: float, interval_s: float = 1e-3, max_interval_s: float = 0.05) -> bool:
@@ -137,5 +137,5 @@ class RawReference(ABC):
     def get(self, key: str, out: memoryview) -> None:
         """Fetch the raw bytes (into ``out`` where the path can read in place)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook)
         """Release connections or files."""

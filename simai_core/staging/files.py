@@ -13,7 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import numpy as np
 
@@ -119,21 +119,21 @@ class FileClient(StagingClient):
     def put_tensor(self, key: str, array: ArrayLike) -> None:
         arr = as_numpy(array)
         header = _npy_header(arr)
-        self._write_atomic(key, ".npy", [header, memoryview(arr).cast("B")])
+        self._write_atomic(key, ".npy", [header, arr.data.cast("B")])
 
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         try:
-            f = open(self._path(key, ".npy"), "rb", buffering=0)
+            f = open(self._path(key, ".npy"), "rb", buffering=0)  # noqa: SIM115  (closed by the with below)
         except FileNotFoundError:
             return None
         with f:
-            np.lib.format.read_magic(f)
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format._read_array_header(f, version)  # type: ignore[attr-defined]
             if out is None:
                 out = np.empty(shape, dtype)
             elif out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous:
                 raise ValueError(f"{key!r} holds {dtype}{list(shape)}; `out` is {out.dtype}{list(out.shape)}")
-            _read_into(f, memoryview(out).cast("B") if out.size else memoryview(b""), key)
+            _read_into(f, out.data.cast("B") if out.size else memoryview(b""), key)
         return out
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
@@ -206,7 +206,7 @@ def _npy_header(arr: np.ndarray) -> bytes:
     import io
 
     buf = io.BytesIO()
-    np.lib.format._write_array_header(buf, header, None)  # picks the format version that fits
+    np.lib.format._write_array_header(buf, header, None)  # type: ignore[attr-defined] # picks the format version that fits
     return buf.getvalue()
 
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -65,6 +65,14 @@ def _interface_address(interface: str) -> str:
     return socket.inet_ntoa(packed[20:24])
 
 
+def die_with_parent() -> None:
+    """In a child before exec: ask Linux to send SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -98,9 +106,10 @@ class RedisServer(StagingServer):
         }
         config = self.workdir / f"redis-{self.port}.conf"
         config.write_text("".join(f"{k} {v}\n" for k, v in args.items()))
-        # Own session: a Ctrl-C to pytest does not reach the server before stop() runs.
+        # Own session: a Ctrl-C to pytest does not reach the server before stop() runs; and the
+        # kernel ends the server if this process dies without running stop() (SIGKILL, OOM).
         self._proc = subprocess.Popen(["redis-server", str(config)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True)
+                                      stderr=subprocess.PIPE, start_new_session=True, preexec_fn=die_with_parent)
         try:
             self._wait_ready()
         except BaseException:
@@ -180,11 +189,10 @@ class RedisClient(StagingClient):
         url = urlsplit(address)
         self._redis = redis.Redis(host=url.hostname or "127.0.0.1", port=url.port or 6379, password=url.password,
                                   socket_timeout=120, socket_connect_timeout=10, single_connection_client=True)
-        self._errors = redis.exceptions
 
     def put_tensor(self, key: str, array: ArrayLike) -> None:
         arr = as_numpy(array)
-        self._hset(key, {"dtype": arr.dtype.str, "shape": list(arr.shape)}, memoryview(arr).cast("B"))
+        self._hset(key, {"dtype": arr.dtype.str, "shape": list(arr.shape)}, arr.data.cast("B"))
 
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         found = self._hget(key)
@@ -223,12 +231,16 @@ class RedisClient(StagingClient):
 
     def clean(self, prefix: str) -> int:
         keys = list(self._redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
-        return int(self._redis.unlink(*keys)) if keys else 0
+        if keys:
+            self._redis.unlink(*keys)
+        return sum(1 for k in keys if b"\x1f" not in k)  # values, not their meta and chunk keys
 
     def close(self) -> None:
         self._redis.close()
 
     def _hset(self, key: str, meta: dict[str, Any], payload: memoryview) -> None:
+        from redis.exceptions import OutOfMemoryError
+
         nchunks = max(1, -(-payload.nbytes // CHUNK_BYTES))
         meta["nchunks"] = nchunks
         pairs: list[Any] = [_meta_key(key), json.dumps(meta)]
@@ -238,22 +250,23 @@ class RedisClient(StagingClient):
             # Readers follow `meta`, so extra chunks of an older, larger (> CHUNK_BYTES) value are
             # never read; they stay until clean() of their prefix.
             self._redis.execute_command("MSET", *pairs)
-        except self._errors.ResponseError as exc:
-            if "OOM" in str(exc):
-                raise StagingFullError(
-                    f"Redis refused {key!r} ({payload.nbytes} bytes): the server's memory limit is full. "
-                    "Delete old keys, or raise staging.memory_bytes in the machine profile"
-                ) from None
-            raise
+        except OutOfMemoryError:
+            raise StagingFullError(
+                f"Redis refused {key!r} ({payload.nbytes} bytes): the server's memory limit is full. "
+                "Delete old keys, or raise staging.memory_bytes in the machine profile"
+            ) from None
 
     def _hget(self, key: str) -> tuple[dict[str, Any], list[bytes]] | None:
-        meta_raw, first = self._redis.mget([_meta_key(key), key])
+        meta_raw, first = cast("list[Any]", self._redis.mget([_meta_key(key), key]))  # bytes: no decode_responses
         if meta_raw is None or first is None:
             return None
         meta = json.loads(meta_raw)
-        chunks = [first]
+        chunks: list[bytes] = [first]
         if meta["nchunks"] > 1:
-            chunks += self._redis.mget([_chunk_key(key, i) for i in range(1, meta["nchunks"])])
+            rest = cast("list[bytes | None]", self._redis.mget([_chunk_key(key, i) for i in range(1, meta["nchunks"])]))
+            if any(c is None for c in rest):
+                return None  # deleted while we read it
+            chunks += [c for c in rest if c is not None]
         return meta, chunks
 
 
@@ -286,7 +299,7 @@ class RedisRaw(RawReference):
         self._redis = redis.Redis.from_url(address, socket_timeout=120, single_connection_client=True)
 
     def put(self, key: str, data: memoryview) -> None:
-        self._redis.set(key, data)
+        self._redis.set(key, data)  # type: ignore[arg-type]  # redis-py sends buffers as they are
 
     def get(self, key: str, out: memoryview) -> None:
         if self._redis.get(key) is None:

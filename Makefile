@@ -1,0 +1,54 @@
+# SimAI-Bench: `make bench` and `make test` set the machine up on first use (`make setup`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MPIEXEC := $(VENV)/bin/mpiexec
+STAMP := $(VENV)/.simai-setup
+EXTRAS ?= mpi,gnn,dev
+NP ?= 4                  # ranks for the MPI test pass
+BENCH_NP ?= 2            # ranks for `make bench` (this machine has 2 cores)
+MPI_TIMEOUT ?= 1200      # seconds before a hung MPI job is killed
+RESULTS ?= results
+
+.PHONY: setup system-deps bench test lint clean
+
+setup: system-deps $(STAMP)
+
+# redis-server from Debian when it is missing and we are root; otherwise say what to do.
+system-deps:
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing redis-server (Debian)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "NOTE: redis-server not found: install Redis >= 7 (e.g. sudo apt-get install redis-server)" \
+	         "or put it on PATH; the redis backend is skipped until then" >&2; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --progress-bar off -e ".[$(EXTRAS)]"
+	touch $@
+
+bench: setup
+	mkdir -p $(RESULTS)
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(BENCH_NP) $(PY) -m pytest benchmarks/micro -q \
+	  -m "micro and (redis or nodelocal)" --benchmark-json $(RESULTS)/micro.json
+	@echo "results: $(RESULTS)/micro.json (compare two runs: $(VENV)/bin/simai-bench compare A.json B.json)"
+
+lint: setup
+	$(PY) -m ruff check simai_core tests benchmarks conftest.py
+	$(PY) -m mypy
+
+test: setup lint
+	$(PY) -m pytest tests
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest --with-mpi -q \
+	  tests/test_staging_contract.py
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest benchmarks/micro -q \
+	  -m "micro and (redis or nodelocal)" --simai-sizes 1KiB,1MiB --simai-rounds 3 \
+	  --benchmark-json $(RESULTS)/ci-micro-np$(NP).json
+
+clean:
+	rm -rf $(RESULTS) .benchmarks

@@ -1,0 +1,55 @@
+"""The suite under mpiexec: one JSON from rank 0, a world-size check, and no hang when a rank fails.
+
+Each test launches a real ``mpiexec`` job of the venv's MPI and inspects what it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: make setup (installs the mpich wheel)")
+
+
+def run(args: list[str], timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_"))}
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=clean | (env or {}))
+
+
+def test_only_rank_zero_writes_the_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "pytest", "benchmarks/micro/test_metadata.py",
+                "-m", "micro and nodelocal", "-k", "exists", "--simai-rounds", "3", "-q", "--benchmark-json", str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("Wrote benchmark data") == 1
+    data = json.loads(out.read_text())
+    assert data["machine_info"]["simai"]["world_size"] == 2
+    [bench] = data["benchmarks"]
+    simai, fom = bench["extra_info"]["simai"], bench["extra_info"]["fom"]
+    assert simai["world_size"] == 2 and simai["backend"] == "nodelocal" and simai["level"] == "micro"
+    assert fom["latency_s"]["unit"] == "s" and fom["latency_s"]["better"] == "lower"
+    assert fom["ops_per_s"]["value"] == pytest.approx(fom["ops_per_s"]["ranks"]["mean"] * 2)  # summed over ranks
+    assert fom["latency_s"]["ranks"]["min"] <= fom["latency_s"]["value"] <= fom["latency_s"]["ranks"]["max"]
+
+
+def test_a_mismatched_launcher_is_refused():
+    """What a foreign mpiexec looks like to mpi4py: the launcher says 3 ranks, MPI sees 1."""
+    proc = run([sys.executable, "-m", "pytest", "tests/test_config_and_registry.py", "-q", "-k", "sizes"],
+               env={"OMPI_COMM_WORLD_SIZE": "3"})
+    assert proc.returncode != 0
+    assert "MPI sees a world of 1" in proc.stdout + proc.stderr and ".venv/bin/mpiexec" in proc.stdout + proc.stderr
+
+
+def test_a_failing_rank_aborts_the_job():
+    proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "pytest", "tests/mpi_cases/case_rank_failure.py", "-q"], timeout=120)
+    assert proc.returncode != 0
+    assert "rank 1 gives up" in proc.stderr
+    assert "aborting all ranks" in proc.stderr
