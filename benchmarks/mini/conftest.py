@@ -1,0 +1,27 @@
+"""Options of the mini benchmarks (read when pytest is pointed at benchmarks/mini or below)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+_OPTIONS: dict[str, tuple[Any, str]] = {
+    "--simai-problem-size": ("small", "motif 6 problem size: debug, small, medium, large, very_large (default small)"),
+    "--simai-tolerance": (None, "inference MSE of a successful check (default: the reference's 0.01)"),
+    "--simai-max-steps": (None, "simulation step limit (default 1000)"),
+    "--simai-step-time": (None, "seconds of emulated simulation work per step (default 0.5)"),
+    "--simai-step-cost": (None, "emulated work: sleep or kernel (default sleep)"),
+    "--simai-train-interval": (None, "steps between sync points (default 5)"),
+    "--simai-sim-fraction": (None, "share of ranks (per node if colocated) that simulate (default 0.5)"),
+    "--simai-window": (None, "trainer keeps only the newest N sync steps (default: all)"),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("simai-mini", "SimAI-Bench mini benchmarks")
+    for name, (default, help_text) in _OPTIONS.items():
+        group.addoption(name, default=default, help=help_text)
+    group.addoption("--simai-allow-unconverged", action="store_true", default=False,
+                    help="record a run whose surrogate did not converge without failing the test")
+

@@ -1,0 +1,104 @@
+"""Motif 6 mini benchmark: online training of a surrogate from a running (mock) simulation.
+
+One benchmark per backend x deployment x model runs the whole workflow once
+(``rounds=1``: a workflow run is minutes long and identical on every rank). Under
+``mpiexec -n N`` the ranks split into simulation and trainer roles; serially the
+trainer runs as a separate process. FOMs go to ``extra_info``; per-event samples to a
+JSON-lines sidecar next to the benchmark JSON (``simai.events``). A run whose
+surrogate did not converge is recorded and fails the test unless
+``--simai-allow-unconverged`` is given.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simai_core import mpi
+from simai_core.bench.record import record
+from simai_core.events import write_events
+from simai_core.workflow.config import WorkflowConfig
+from simai_core.workflow.driver import WorkflowResult, colocated_address, run_workflow
+from simai_core.workflow.report import MOTIF6_FOMS
+
+pytestmark = [pytest.mark.mini, pytest.mark.motif6]
+
+# Per-rank accounting must explain the wall time up to this share.
+MAX_UNACCOUNTED_PCT = 2.0
+
+
+def motif6_config(config: pytest.Config, deployment: str, model: str) -> WorkflowConfig:
+    """The workflow configuration from the command-line options (reference defaults otherwise)."""
+
+    def opt(name: str) -> Any:
+        return config.getoption(name, default=None)
+
+    sim = {"tolerance": opt("--simai-tolerance"), "max_steps": opt("--simai-max-steps"),
+           "step_time_s": opt("--simai-step-time"), "step_cost": opt("--simai-step-cost"),
+           "train_interval": opt("--simai-train-interval")}
+    trainer = {"model": {"kind": model}, "window": opt("--simai-window")}
+    data: dict[str, Any] = {
+        "problem": {"size": opt("--simai-problem-size") or "small"},
+        "simulation": {k: v for k, v in sim.items() if v is not None},
+        "trainer": {k: v for k, v in trainer.items() if v is not None},
+        "deployment": deployment,
+    }
+    if opt("--simai-sim-fraction") is not None:
+        data["sim_fraction"] = opt("--simai-sim-fraction")
+    return WorkflowConfig.model_validate(data)
+
+
+def write_sidecar(config: pytest.Config, nodeid: str, result: WorkflowResult, tmp_path: Path) -> str:
+    """Write the events next to the benchmark JSON (rank 0); returns the path the JSON refers to."""
+    json_path = getattr(config.option, "benchmark_json", None)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.split("::")[-1]).strip("_") + ".events.jsonl"
+    if json_path:
+        path = Path(json_path).with_name(f"{Path(json_path).stem}.{name}")
+        reference = path.name  # relative to the JSON
+    else:
+        path = tmp_path / name
+        reference = str(path)
+    if mpi.rank() == 0:
+        write_events(path, result.events())
+    return reference
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("model", ["mlp", "gnn"])
+@pytest.mark.parametrize("deployment", ["clustered", "colocated"])
+def test_online_training(benchmark, backend, staging, staging_pool, simai_run, simai_profile, pytestconfig,
+                         request, tmp_path, deployment, model):
+    cfg = motif6_config(pytestconfig, deployment, model)
+    world = mpi.world()
+    shared = staging_pool.address(backend)
+
+    def run_once() -> WorkflowResult:
+        scope = (colocated_address(backend, shared, world, simai_profile, tmp_path) if deployment == "colocated"
+                 else nullcontext(shared))
+        with scope as address:
+            return run_workflow(cfg, backend, address, tmp_path, world=world,
+                                profile_backend=simai_profile.ddp_backend)
+
+    result = benchmark.pedantic(run_once, rounds=1, iterations=1)
+    result.raise_for_errors()
+
+    outcome = result.outcome
+    events = write_sidecar(pytestconfig, request.node.nodeid, result, tmp_path)
+    params = {"problem_size": cfg.problem.size, "model": model, "tolerance": cfg.simulation.tolerance,
+              "train_interval": cfg.simulation.train_interval, "step_time_s": cfg.simulation.step_time_s,
+              "step_cost": cfg.simulation.step_cost, "sim_fraction": cfg.sim_fraction,
+              "checkpoint_every": cfg.trainer.checkpoint_every, "window": cfg.trainer.window,
+              "mini_batch": cfg.trainer.batch_size(), **result.detail()}
+    run = simai_run(backend, params, deployment=deployment, outcome=outcome.model_dump(), events=events)
+    foms = record(benchmark, run, result.local_foms(), MOTIF6_FOMS)
+
+    for name in ("sim_unaccounted_pct", "train_unaccounted_pct"):
+        assert foms[name].ranks.max < MAX_UNACCOUNTED_PCT, f"{name} = {foms[name].ranks.max:.2f} % (accounting gap)"
+    if not outcome.converged and not pytestconfig.getoption("--simai-allow-unconverged", default=False):
+        pytest.fail(f"the surrogate did not converge: stopped by {outcome.reason} after {outcome.steps} steps, "
+                    f"final MSE {outcome.final_mse} > tolerance {outcome.tolerance} (use --simai-allow-unconverged "
+                    "to record such runs without failing)")

@@ -1,0 +1,133 @@
+"""The trainer's in-memory training set, grown incrementally from staged snapshots (imports torch).
+
+Only snapshots of new sync steps are fetched (the reference re-fetched the whole
+history on every update); an optional window keeps the newest N steps. Every trainer
+rank runs the same number of mini-batches per epoch (DDP all-reduces per batch, so a
+rank with fewer batches would hang the others): the count follows from the largest
+per-trainer share, and ranks with less data wrap around their shuffled samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class SnapshotWindow:
+    """Snapshots ``(n_points, 2 n_in)`` of the owned simulation ranks, by sync step."""
+
+    def __init__(self, owned: tuple[int, ...], n_in: int, window: int | None) -> None:
+        self.owned = owned
+        self.n_in = n_in
+        self.window = window
+        self.steps: deque[int] = deque()
+        self.arrays: dict[tuple[int, int], np.ndarray] = {}
+        self.version = 0  # bumped on every change, so cached tensors know when to rebuild
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add_step(self, step: int, arrays: dict[int, np.ndarray]) -> list[int]:
+        """Add one sync step's snapshots (one per owned rank); returns evicted steps."""
+        self.steps.append(step)
+        for rank, array in arrays.items():
+            self.arrays[(rank, step)] = array
+        evicted = []
+        while self.window is not None and len(self.steps) > self.window:
+            old = self.steps.popleft()
+            evicted.append(old)
+            for rank in self.owned:
+                self.arrays.pop((rank, old), None)
+        self.version += 1
+        return evicted
+
+    def samples(self) -> list[tuple[int, np.ndarray]]:
+        """(simulation rank, snapshot) pairs, oldest step first."""
+        return [(rank, self.arrays[(rank, step)]) for step in self.steps for rank in self.owned]
+
+
+class PointBatches:
+    """Mini-batches of points for the MLP: shuffled rows of all owned snapshots."""
+
+    def __init__(self, window: SnapshotWindow, batch: int, max_owned: int, device: torch.device, seed: int) -> None:
+        self.window, self.batch, self.max_owned, self.device = window, batch, max_owned, device
+        self.gen = torch.Generator().manual_seed(seed)
+        self._version = -1
+        self.x = self.y = torch.empty(0)
+
+    def _refresh(self) -> None:
+        if self._version == self.window.version:
+            return
+        data = np.concatenate([a for _, a in self.window.samples()], axis=0)
+        table = torch.from_numpy(data.astype(np.float32, copy=False))
+        self.x = table[:, : self.window.n_in].contiguous().to(self.device)
+        self.y = table[:, self.window.n_in :].contiguous().to(self.device)
+        self._version = self.window.version
+
+    def n_batches(self) -> int:
+        """Batches per epoch, equal on every trainer rank."""
+        per_snapshot = len(self.x) // max(1, len(self.window) * len(self.window.owned))
+        return math.ceil(self.max_owned * len(self.window) * per_snapshot / self.batch)
+
+    def epoch(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Yield ``(x, edge_index, pos, y)`` per mini-batch (the graph tensors are empty)."""
+        self._refresh()
+        n = len(self.x)
+        count = self.n_batches()
+        order = torch.randperm(n, generator=self.gen).repeat(math.ceil(count * self.batch / n))
+        empty_e = torch.empty((2, 0), dtype=torch.long, device=self.device)
+        empty_p = torch.empty((0, 1), device=self.device)
+        for b in range(count):
+            idx = order[b * self.batch : (b + 1) * self.batch].to(self.device)
+            yield self.x[idx], empty_e, empty_p, self.y[idx]
+
+
+class GraphBatches:
+    """Mini-batches of whole graphs for the GNN, joined as disjoint unions."""
+
+    def __init__(self, window: SnapshotWindow, graphs: dict[int, tuple[np.ndarray, np.ndarray]], batch: int,
+                 max_owned: int, device: torch.device, seed: int) -> None:
+        self.window, self.batch, self.max_owned, self.device = window, batch, max_owned, device
+        self.gen = torch.Generator().manual_seed(seed)
+        self.edges = {r: torch.from_numpy(np.ascontiguousarray(e, dtype=np.int64)).to(device) for r, (_, e) in graphs.items()}
+        self.pos = {r: torch.from_numpy(p.astype(np.float32)).to(device) for r, (p, _) in graphs.items()}
+        self._version = -1
+        self._items: list[tuple[int, Tensor, Tensor]] = []
+
+    def _refresh(self) -> None:
+        if self._version == self.window.version:
+            return
+        n_in = self.window.n_in
+        self._items = []
+        for rank, array in self.window.samples():
+            table = torch.from_numpy(array.astype(np.float32, copy=False)).to(self.device)
+            self._items.append((rank, table[:, :n_in].contiguous(), table[:, n_in:].contiguous()))
+        self._version = self.window.version
+
+    def n_batches(self) -> int:
+        """Batches per epoch, equal on every trainer rank."""
+        return math.ceil(self.max_owned * len(self.window) / self.batch)
+
+    def epoch(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Yield ``(x, edge_index, pos, y)`` per mini-batch of ``batch`` graphs."""
+        self._refresh()
+        count = self.n_batches()
+        order = torch.randperm(len(self._items), generator=self.gen)
+        order = order.repeat(math.ceil(count * self.batch / len(order)))
+        for b in range(count):
+            chosen = [self._items[i] for i in order[b * self.batch : (b + 1) * self.batch].tolist()]
+            yield self._join(chosen)
+
+    def _join(self, chosen: list[tuple[int, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if len(chosen) == 1:
+            rank, x, y = chosen[0]
+            return x, self.edges[rank], self.pos[rank], y
+        offsets = np.cumsum([0] + [len(x) for _, x, _ in chosen[:-1]])
+        edges = torch.cat([self.edges[r] + int(o) for (r, _, _), o in zip(chosen, offsets, strict=True)], dim=1)
+        return (torch.cat([x for _, x, _ in chosen]), edges, torch.cat([self.pos[r] for r, _, _ in chosen]),
+                torch.cat([y for _, _, y in chosen]))

@@ -1,0 +1,165 @@
+"""Run the whole online-training workflow: under ``mpiexec`` (roles from a rank split) or serially.
+
+* ``run_mpi``: every rank of ``world`` learns its role from the split
+  (:func:`~simai_core.workflow.layout.plan_layout`), runs its component, and all ranks
+  meet in one final all-gather of the reports (so a failed component never leaves the
+  other in a collective: failures travel through the staging area first).
+* ``run_serial``: one process. The trainer runs as a separate OS process
+  (:class:`~simai_core.workflow.launch.ComponentProcess`), the simulation in this one.
+
+The deployment decides the staging scope: ``clustered`` uses one server for all ranks,
+``colocated`` a node-local one per node (the caller passes each rank its own address;
+:func:`colocated_address` starts per-node servers where the backend has none).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from simai_core.staging import registry
+from simai_core.workflow.config import WorkflowConfig
+from simai_core.workflow.launch import ComponentProcess, run_component
+from simai_core.workflow.layout import plan_layout, serial_role
+from simai_core.workflow.protocol import Keys, WorkflowError
+from simai_core.workflow.report import ComponentReport, Outcome, local_foms
+
+
+class WorkflowResult(BaseModel):
+    """Every component rank's report and what follows from them."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["mpi", "serial"] = Field(description="mpi: roles from a rank split; serial: trainer subprocess")
+    world_size: int = Field(description="Ranks of the MPI job (1 when serial)")
+    reports: list[ComponentReport] = Field(description="One per component rank, simulation first")
+    local_world_rank: int = Field(0, description="The world rank this result object lives on")
+
+    @property
+    def errors(self) -> list[str]:
+        """Failure messages of every component rank that failed."""
+        return [f"{r.component} rank {r.rank}: {r.error}" for r in self.reports if r.error]
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`WorkflowError` listing every failed component rank."""
+        if self.errors:
+            raise WorkflowError("the workflow failed:\n  " + "\n  ".join(self.errors))
+
+    @property
+    def outcome(self) -> Outcome:
+        """How the simulation ended (from simulation rank 0)."""
+        sim0 = next(r for r in self.reports if r.component == "sim" and r.rank == 0)
+        if sim0.outcome is None:
+            raise WorkflowError(f"simulation rank 0 has no outcome: {sim0.error}")
+        return sim0.outcome
+
+    def local_foms(self) -> dict[str, float]:
+        """FOM values of the component ranks living on this world rank (both of them when serial)."""
+        mine = [r for r in self.reports if self.mode == "serial" or r.world_rank == self.local_world_rank]
+        out: dict[str, float] = {}
+        for report in mine:
+            out |= local_foms(report)
+        return out
+
+    def events(self) -> list[dict[str, Any]]:
+        """All per-event samples, in time order."""
+        return sorted((e for r in self.reports for e in r.events), key=lambda e: e["t0_s"])
+
+    def detail(self) -> dict[str, Any]:
+        """Run facts for the JSON: graph builder, trainer device and backend, rank counts."""
+        sims = [r for r in self.reports if r.component == "sim"]
+        trainers = [r for r in self.reports if r.component == "train"]
+        out: dict[str, Any] = {"mode": self.mode, "sim_ranks": len(sims), "trainer_ranks": len(trainers),
+                               "trainer_process": "subprocess" if self.mode == "serial" else "mpi_ranks"}
+        for key in ("graph_builder", "graph_edges"):
+            if key in sims[0].detail:
+                out[key] = sims[0].detail[key]
+        for key in ("device", "dist_backend", "n_parameters", "final_loss"):
+            if trainers and key in trainers[0].detail:
+                out[key] = trainers[0].detail[key]
+        return out
+
+
+def run_mpi(cfg: WorkflowConfig, backend: str, address: str, world: Any, profile_backend: str | None = None) -> WorkflowResult:
+    """Run the workflow over every rank of ``world`` (collective); ``address`` is this rank's staging server."""
+    cfg = world.bcast(cfg, root=0)  # one configuration (and run_id) for every rank
+    role = plan_layout(world, cfg.deployment, cfg.sim_fraction)
+    start = world.bcast(time.time(), root=0)
+    client = registry.connect(backend, address)
+    try:
+        report = run_component(cfg, role, client, start, profile_backend)
+        reports = world.allgather(report.model_dump())
+        if role.is_head and role.component == "sim":
+            client.clean(Keys(cfg.run_id).prefix)  # everyone is done with the keys now
+    finally:
+        client.close()
+        role.comm.Free()
+    ordered = sorted((ComponentReport.model_validate(r) for r in reports), key=lambda r: (r.component != "sim", r.rank))
+    return WorkflowResult(mode="mpi", world_size=world.Get_size(), reports=ordered, local_world_rank=world.Get_rank())
+
+
+def run_serial(cfg: WorkflowConfig, backend: str, address: str, workdir: Path,
+               profile_backend: str | None = None) -> WorkflowResult:
+    """Run the simulation here and the trainer as a child process, both on ``address``."""
+    from mpi4py import MPI
+
+    start = time.time()
+    trainer = ComponentProcess("train", cfg, backend, address, workdir, start, profile_backend)
+    client = registry.connect(backend, address)
+    try:
+        sim = run_component(cfg, serial_role("sim", MPI.COMM_SELF), client, start)
+        train = trainer.wait(cfg.finish_timeout_s + (cfg.peer_timeout_s if sim.error else 0.0))
+        client.clean(Keys(cfg.run_id).prefix)
+    finally:
+        trainer.kill()
+        client.close()
+    return WorkflowResult(mode="serial", world_size=1, reports=[sim, train])
+
+
+def run_workflow(cfg: WorkflowConfig, backend: str, address: str, workdir: Path, world: Any = None,
+                 profile_backend: str | None = None) -> WorkflowResult:
+    """``run_mpi`` when ``world`` has several ranks, else ``run_serial``."""
+    if world is not None and world.Get_size() > 1:
+        return run_mpi(cfg, backend, address, world, profile_backend)
+    return run_serial(cfg, backend, address, workdir, profile_backend)
+
+
+@contextmanager
+def colocated_address(backend: str, shared_address: str, world: Any, profile: Any, workdir: Path,
+                      force_per_node: bool = False) -> Iterator[str]:
+    """This rank's node-local staging address for a colocated run.
+
+    A node-scoped backend's servers are already node-local, and on a one-node job the
+    shared server is node-local too: ``shared_address`` is used. Otherwise (or with
+    ``force_per_node``) the first rank of every node starts a server of ``backend``
+    for its node, and it is stopped when the block ends (collective over ``world``).
+    """
+    from mpi4py import MPI
+
+    from simai_core import mpi
+
+    node_comm = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
+    leaders = world.allreduce(1 if node_comm.Get_rank() == 0 else 0)
+    server = None
+    try:
+        if registry.get_spec(backend).scope == "node" or (leaders == 1 and not force_per_node):
+            yield shared_address
+            return
+
+        def start() -> str:
+            nonlocal server
+            server = registry.make_server(backend, profile, workdir / f"colocated-{backend}")
+            server.start()
+            return server.address
+
+        address = mpi.bcast_result(start, comm=node_comm)
+        yield address
+        node_comm.Barrier()  # every client of this node is done before its server stops
+    finally:
+        if server is not None:
+            server.stop()
+        node_comm.Free()

@@ -1,0 +1,107 @@
+"""What each component rank reports at the end, and the motif-6 FOMs derived from it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from simai_core.fom import FomSpec
+from simai_core.workflow.timers import COUPLING, Accounting
+
+
+class Outcome(BaseModel):
+    """How the workflow ended (the ``simai.outcome`` block)."""
+
+    model_config = ConfigDict(extra="forbid")
+    converged: bool = Field(description="The surrogate met the tolerance for the required consecutive checks")
+    reason: str = Field(description="tolerance | max_steps | error")
+    final_mse: float | None = Field(description="Last inference MSE over all simulation points (None: no model yet)")
+    tolerance: float = Field(description="The MSE threshold of a successful check")
+    steps: int = Field(0, description="Time steps the simulation ran")
+    checks_passed: int = Field(0, description="Consecutive successful checks at the end")
+
+
+class ComponentReport(BaseModel):
+    """One component rank's accounting, counters and events."""
+
+    model_config = ConfigDict(extra="forbid")
+    component: str = Field(description="sim or train")
+    rank: int = Field(description="Rank in the component communicator")
+    world_rank: int = Field(0, description="Rank in the job")
+    scope: int = Field(0, description="Staging scope (node if colocated)")
+    wall_s: float = Field(0.0, description="Component wall time")
+    seconds: dict[str, float] = Field(default_factory=dict, description="Seconds per category")
+    unaccounted_s: float = Field(0.0, description="Wall time outside every category")
+    transfer_bytes: dict[str, int] = Field(default_factory=dict, description="Bytes moved per category")
+    transfer_seconds: dict[str, float] = Field(default_factory=dict, description="Seconds of those transfers")
+    counts: dict[str, int] = Field(default_factory=dict, description="Sections per category")
+    steps: int = Field(0, description="Simulation steps run (sim)")
+    epochs: int = Field(0, description="Epochs trained (train)")
+    outcome: Outcome | None = Field(None, description="Set by the simulation")
+    error: str | None = Field(None, description="Failure message, when the component failed")
+    detail: dict[str, Any] = Field(default_factory=dict, description="Facts for the JSON (builder, device, ...)")
+    events: list[dict[str, Any]] = Field(default_factory=list, description="Per-event samples")
+
+    @classmethod
+    def from_accounting(cls, acc: Accounting, **fields: Any) -> ComponentReport:
+        """A report holding ``acc``'s totals and events."""
+        s = acc.summary()
+        return cls(component=acc.component, rank=acc.rank, wall_s=s["wall_s"], seconds=s["seconds"],
+                   unaccounted_s=s["unaccounted_s"], transfer_bytes=s["transfer_bytes"],
+                   transfer_seconds=s["transfer_seconds"], counts=s["counts"], events=acc.events, **fields)
+
+    def pct(self, category: str) -> float:
+        """Share of the wall time in ``category`` (percent)."""
+        return 100.0 * self.seconds.get(category, 0.0) / self.wall_s if self.wall_s > 0 else 0.0
+
+    def GBps(self, category: str) -> float | None:
+        """Throughput of the category's transfers (GB = 1e9 B), None without transfers."""
+        seconds = self.transfer_seconds.get(category, 0.0)
+        return self.transfer_bytes.get(category, 0) / seconds / 1e9 if seconds > 0 else None
+
+
+_PCT = FomSpec(unit="%", better="lower", combine="mean")
+_WORST_PCT = FomSpec(unit="%", better="lower", combine="max")
+_GBPS = FomSpec(unit="GB/s", better="higher", combine="mean")
+
+#: The motif-6 FOMs: how each is reported and combined over the ranks that report it.
+MOTIF6_FOMS: dict[str, FomSpec] = {
+    "time_to_solution_s": FomSpec(unit="s", better="lower", combine="max"),
+    "trainer_time_s": FomSpec(unit="s", better="lower", combine="max"),
+    "sim_overhead_pct": _PCT, "sim_meta_pct": _PCT, "sim_data_pct": _PCT, "sim_checkpoint_pct": _PCT,
+    "sim_inference_pct": _PCT, "sim_compute_pct": _PCT, "sim_wait_pct": _PCT, "sim_unaccounted_pct": _WORST_PCT,
+    "train_overhead_pct": _PCT, "train_meta_pct": _PCT, "train_data_pct": _PCT, "train_checkpoint_pct": _PCT,
+    "train_compute_pct": _PCT, "train_wait_pct": _PCT, "train_unaccounted_pct": _WORST_PCT,
+    "train_data_GBps": _GBPS, "sim_data_GBps": _GBPS, "checkpoint_GBps": _GBPS,
+    "epochs": FomSpec(unit="count", better="higher", combine="max"),
+    "steps": FomSpec(unit="count", better="lower", combine="max"),
+    "final_mse": FomSpec(unit="mse", better="lower", combine="mean"),
+}
+
+
+def local_foms(report: ComponentReport) -> dict[str, float]:
+    """This component rank's values of the motif-6 FOMs (names are unique per component)."""
+    p = "sim" if report.component == "sim" else "train"
+    out: dict[str, float] = {
+        f"{p}_overhead_pct": sum(report.pct(c) for c in COUPLING),
+        **{f"{p}_{c}_pct": report.pct(c) for c in ("meta", "data", "checkpoint", "compute", "wait")},
+        f"{p}_unaccounted_pct": 100.0 * report.unaccounted_s / report.wall_s if report.wall_s > 0 else 0.0,
+    }
+    if p == "sim":
+        out |= {"time_to_solution_s": report.wall_s, "sim_inference_pct": report.pct("inference"),
+                "steps": float(report.steps)}
+        _put(out, "sim_data_GBps", report.GBps("data"))
+        _put(out, "checkpoint_GBps", report.GBps("checkpoint"))
+        if report.outcome is not None:
+            _put(out, "final_mse", report.outcome.final_mse)
+    else:
+        out |= {"trainer_time_s": report.wall_s, "epochs": float(report.epochs)}
+        _put(out, "train_data_GBps", report.GBps("data"))
+    return out
+
+
+def _put(out: dict[str, float], name: str, value: float | None) -> None:
+    if value is not None and math.isfinite(value):
+        out[name] = float(value)

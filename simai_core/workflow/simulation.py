@@ -1,0 +1,191 @@
+"""The mock simulation: an MPI time-step loop producing the travelling wave (imports torch lazily).
+
+Per step: emulated PDE work (``sleep`` or a real stencil kernel) and the new snapshot.
+Every ``train_interval`` steps (a sync point, step 0 included): the heads read the
+trainer's status, all ranks agree on it; if every scope has a checkpoint, each rank
+loads a newer one when there is one (the reference re-downloaded it at every check),
+predicts step t+1 from step t and the MSE over all points is all-reduced; then every
+rank sends its snapshot, and after a barrier the heads announce the step. The loop
+stops once the MSE stayed under ``tolerance`` for ``success_checks`` consecutive checks
+(reason ``tolerance``) or at ``max_steps`` (reason ``max_steps``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from simai_core.staging.base import StagingClient
+from simai_core.workflow.collective import agree
+from simai_core.workflow.config import SimulationConfig, WorkflowConfig
+from simai_core.workflow.layout import Role
+from simai_core.workflow.problem import WaveProblem
+from simai_core.workflow.protocol import STOP_REASONS, Heartbeat, Keys, PeerMonitor, WorkflowError
+from simai_core.workflow.report import ComponentReport, Outcome
+from simai_core.workflow.timers import Accounting
+
+
+class StepKernel:
+    """Emulated PDE work for one step: sleep, or Jacobi sweeps on a private grid until the time is up."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        self.mode, self.seconds = config.step_cost, config.step_time_s
+        self.grid = np.random.default_rng(0).random((256, 256)) if self.mode == "kernel" else None
+        self.sweeps = 0
+
+    def run(self) -> None:
+        """Spend ``step_time_s`` of wall time."""
+        if self.mode == "sleep" or self.grid is None:
+            time.sleep(self.seconds)
+            return
+        g = self.grid
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            g[1:-1, 1:-1] = 0.25 * (g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:])
+            self.sweeps += 1
+
+
+class Simulation:
+    """One simulation rank; :meth:`run` returns its :class:`ComponentReport`."""
+
+    def __init__(self, cfg: WorkflowConfig, role: Role, client: StagingClient, start_epoch_s: float) -> None:
+        self.cfg, self.sim, self.role, self.client = cfg, cfg.simulation, role, client
+        self.keys = Keys(cfg.run_id)
+        self.acc = Accounting("sim", role.rank, start_epoch_s)
+        self.monitor = PeerMonitor(client, self.keys, "train", 3, cfg.startup_timeout_s, cfg.peer_timeout_s)
+        self.heartbeat = Heartbeat(client, self.keys.sim_status, cfg.heartbeat_interval_s)
+        self.kernel = StepKernel(cfg.simulation)
+        self.model: Any = None
+        self.loaded_version = 0
+        self.mse: float | None = None
+        self.successes = 0
+        self.last_step = -1
+        self.detail: dict[str, Any] = {}
+
+    def run(self) -> ComponentReport:
+        """Run the time loop to its stop; heads publish the stop reason."""
+        import torch  # deferred: importing simai_core.workflow must stay torch-free
+
+        torch.set_num_threads(1)
+        if self.cfg.model_kind == "gnn":
+            from simai_core.workflow.graph import preload
+
+            preload(self.cfg.graph.builder)  # library import is process start-up, not workflow time
+        self.acc.start()
+        try:
+            self._setup()
+            steps, reason = self._loop()
+            if self.role.is_head:
+                with self.acc.section("meta"):
+                    self.heartbeat.write([self.last_step, STOP_REASONS[reason]], force=True)
+        finally:
+            self.acc.stop()
+        outcome = Outcome(converged=reason == "tolerance", reason=reason, final_mse=self.mse,
+                          tolerance=self.sim.tolerance, steps=steps, checks_passed=self.successes)
+        return ComponentReport.from_accounting(self.acc, world_rank=self.role.world_rank, scope=self.role.scope,
+                                               steps=steps, outcome=outcome, detail=self.detail)
+
+    def _setup(self) -> None:
+        with self.acc.section("compute", record=False):
+            self.problem = WaveProblem(self.cfg.problem, self.role.comm)
+            self.buf = self.problem.snapshot(0)
+        self.detail["subdomain"] = {"origin": self.problem.subdomain.origin, "extent": self.problem.subdomain.extent}
+        self.graph = self._graph() if self.cfg.model_kind == "gnn" else None
+        with self.acc.section("wait"):
+            self.role.comm.Barrier()
+        if self.role.is_head:
+            spec = self.problem.spec
+            size = np.array([spec.n_points, spec.n_fields, spec.n_fields, spec.dim, self.role.sim_size,
+                             self.sim.train_interval], dtype=np.int64)
+            with self.acc.section("meta", nbytes=size.nbytes, key="meta/size"):
+                self.client.put_tensor(self.keys.size, size)
+            with self.acc.section("meta"):
+                self.heartbeat.write([-1, 0], force=True)
+
+    def _graph(self) -> tuple[Any, Any]:
+        """Build this rank's kNN graph once and publish it (coordinates + edges) for the trainer."""
+        import torch
+
+        from simai_core.workflow.graph import knn_graph
+
+        with self.acc.section("meta", key="graph/build"):
+            edges, builder = knn_graph(self.problem.coords, self.cfg.graph.k, self.cfg.graph.builder)
+        self.detail["graph_builder"] = builder
+        self.detail["graph_edges"] = int(edges.shape[1])
+        for key, array in ((self.keys.pos(self.role.rank), self.problem.coords), (self.keys.edges(self.role.rank), edges)):
+            with self.acc.section("meta", nbytes=array.nbytes, key=key.removeprefix(self.keys.prefix)):
+                self.client.put_tensor(key, array)
+        return torch.from_numpy(edges), torch.from_numpy(self.problem.coords.astype(np.float32))
+
+    def _loop(self) -> tuple[int, str]:
+        interval = self.sim.train_interval
+        for step in range(self.sim.max_steps):
+            with self.acc.section("compute", step=step):
+                self.kernel.run()
+                self.problem.snapshot(step, out=self.buf)
+            if step % interval == 0:
+                self._sync(step)
+                if self.successes >= self.sim.success_checks:
+                    return step + 1, "tolerance"
+            elif self.role.is_head and self.heartbeat.due():
+                with self.acc.section("meta"):
+                    self.heartbeat.write([self.last_step, 0])
+        return self.sim.max_steps, "max_steps"
+
+    def _sync(self, step: int) -> None:
+        versions = self._check_trainer()
+        if versions and min(versions.values()) > 0:
+            self._infer(versions[self.role.scope], step)
+        with self.acc.section("data", nbytes=self.buf.nbytes, step=step):
+            self.client.put_tensor(self.keys.data(self.role.rank, step), self.buf)
+        with self.acc.section("wait"):
+            self.role.comm.Barrier()
+        self.last_step = step
+        if self.role.is_head:
+            with self.acc.section("meta"):
+                self.heartbeat.write([step, 0], force=True)
+
+    def _check_trainer(self) -> dict[int, int]:
+        """Checkpoint version per scope, agreed by all ranks; raises on every rank if the trainer died."""
+        def probe() -> tuple[int, int]:
+            status = self.monitor.read()
+            if status is not None and int(status[2]) == 1:
+                raise WorkflowError("the trainer finished before the simulation asked it to stop")
+            return self.role.scope, 0 if status is None else int(status[0])
+
+        results = agree(self.role.comm, self.acc, probe if self.role.is_head else None)
+        return dict(r for r in results if r is not None)
+
+    def _infer(self, version: int, step: int) -> None:
+        import torch
+
+        from simai_core.workflow import checkpoint
+
+        if version > self.loaded_version:
+            with self.acc.section("checkpoint", version=version) as ev:
+                blob = self.client.get_bytes(self.keys.model)
+                ev["nbytes"] = len(blob) if blob is not None else None
+            if blob is None:
+                raise WorkflowError(f"the trainer announced checkpoint {version} but {self.keys.model!r} is missing")
+            with self.acc.section("checkpoint", record=False):
+                self.model = checkpoint.from_bytes(blob)
+            self.loaded_version = version
+        n_in = self.problem.n_in
+        with self.acc.section("inference", step=step, version=self.loaded_version) as ev:
+            table = torch.from_numpy(self.buf.astype(np.float32))
+            edges, pos = self.graph if self.graph is not None else (torch.empty((2, 0), dtype=torch.long), torch.empty((0, 1)))
+            with torch.inference_mode():
+                pred = self.model(table[:, :n_in], edges, pos)
+            local = np.array([float(((pred - table[:, n_in:]) ** 2).sum()), float(pred.numel())])
+            ev["local_mse"] = local[0] / local[1]
+        with self.acc.section("wait", what="mse_allreduce") as ev:
+            total = self.role.comm.allreduce(local)
+            self.mse = ev["mse"] = float(total[0] / total[1])
+        self.successes = self.successes + 1 if self.mse <= self.sim.tolerance else 0
+
+
+def run_simulation(cfg: WorkflowConfig, role: Role, client: StagingClient, start_epoch_s: float) -> ComponentReport:
+    """Run one simulation rank to the end of its loop (collective over ``role.comm``)."""
+    return Simulation(cfg, role, client, start_epoch_s).run()

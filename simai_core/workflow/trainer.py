@@ -1,0 +1,207 @@
+"""The online trainer: PyTorch DDP over its own ranks, fed from the staging area (imports torch).
+
+Per loop iteration the trainer heads read the simulation's status (one key) and its
+error key, the trainer ranks agree on the newest complete sync step and on whether to
+stop, every rank fetches only the snapshots of new steps that it owns, trains one
+epoch and, every ``checkpoint_every`` epochs, the heads publish a TorchScript
+checkpoint. Before the first data arrive the ranks poll with backoff. A silent or
+failed simulation raises :class:`~simai_core.workflow.protocol.PeerTimeoutError` /
+``PeerFailedError`` on every trainer rank within ``peer_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from simai_core.models import build_model
+from simai_core.staging.base import StagingClient
+from simai_core.workflow import checkpoint, distributed
+from simai_core.workflow.collective import agree
+from simai_core.workflow.config import WorkflowConfig
+from simai_core.workflow.dataset import GraphBatches, PointBatches, SnapshotWindow
+from simai_core.workflow.layout import Role
+from simai_core.workflow.protocol import Heartbeat, Keys, PeerMonitor, WorkflowError
+from simai_core.workflow.report import ComponentReport
+from simai_core.workflow.timers import Accounting
+
+_MAX_IDLE_SLEEP_S = 0.05
+
+
+class Trainer:
+    """One trainer rank; :meth:`run` returns its :class:`ComponentReport`."""
+
+    def __init__(self, cfg: WorkflowConfig, role: Role, client: StagingClient, start_epoch_s: float,
+                 profile_backend: str | None = None) -> None:
+        self.cfg, self.role, self.client = cfg, role, client
+        self.keys = Keys(cfg.run_id)
+        self.acc = Accounting("train", role.rank, start_epoch_s)
+        self.device = distributed.pick_device(cfg.trainer.device, role.local_index)
+        self.backend = distributed.pick_backend(cfg.trainer.dist_backend, self.device, profile_backend)
+        self.monitor = PeerMonitor(client, self.keys, "sim", 2, cfg.startup_timeout_s, cfg.peer_timeout_s)
+        self.heartbeat = Heartbeat(client, self.keys.train_status, cfg.heartbeat_interval_s)
+        self.epoch = 0
+        self.version = 0
+        self.loaded_step = -1
+        self.last_loss: float | None = None
+        self._idle_sleep = 1e-3
+
+    def run(self) -> ComponentReport:
+        """Train until the simulation says stop; always leaves the process group destroyed."""
+        torch.set_num_threads(self.cfg.trainer.threads)
+        self.acc.start()
+        try:
+            with self.acc.section("meta"):
+                distributed.init_process_group(self.role.comm, self.backend, self.cfg.peer_timeout_s)
+            self._beat(force=True)
+            self._setup()
+            self._loop()
+            if self.role.is_head:
+                with self.acc.section("meta"):
+                    self.heartbeat.write([self.version, self.epoch, 1], force=True)
+        finally:
+            distributed.shutdown_process_group()
+            self.acc.stop()
+        return ComponentReport.from_accounting(
+            self.acc, world_rank=self.role.world_rank, scope=self.role.scope, epochs=self.epoch,
+            detail={"device": str(self.device), "dist_backend": self.backend, "final_loss": self.last_loss,
+                    "owned_sim_ranks": list(self.role.owned), "n_parameters": self._n_params})
+
+    def _beat(self, force: bool = False) -> None:
+        if self.role.is_head and (force or self.heartbeat.due()):
+            with self.acc.section("meta"):
+                self.heartbeat.write([self.version, self.epoch, 0], force=True)
+
+    def _wait_key(self, key: str) -> None:
+        """Poll ``key`` with backoff on every rank, checking the simulation's liveness about once a second."""
+        while True:
+            with self.acc.section("wait"):
+                found = self.client.poll(key, timeout_s=1.0)
+
+            everywhere = all(agree(self.role.comm, self.acc, lambda found=found: self._probe_key(found)))
+            self._beat()
+            if everywhere:
+                return
+
+    def _probe_key(self, found: bool) -> bool:
+        if self.role.is_head:
+            self.monitor.read()
+        return found
+
+    def _setup(self) -> None:
+        self._wait_key(self.keys.size)
+        size = self._get(self.keys.size, "meta")
+        n_points, n_in, n_out, dim = (int(v) for v in size[:4])
+        self.n_points, self.n_in = n_points, n_in
+        graphs = self._read_graphs() if self.cfg.model_kind == "gnn" else {}
+        with self.acc.section("compute", record=False):
+            torch.manual_seed(self.cfg.trainer.seed)
+            model = build_model(self.cfg.trainer.model, n_in, n_out, dim).to(self.device)
+            self._n_params = sum(p.numel() for p in model.parameters())
+            self.scripted = checkpoint.script(model)
+            self.ddp = DistributedDataParallel(model)
+            scale = self.role.comm.Get_size() if self.cfg.trainer.lr_scaling == "linear" else 1
+            self.opt = torch.optim.Adam(model.parameters(), lr=self.cfg.trainer.learning_rate * scale)
+            self.window = SnapshotWindow(self.role.owned, n_in, self.cfg.trainer.window)
+            seed = self.cfg.trainer.seed + 1 + self.role.rank
+            batch = self.cfg.trainer.batch_size()
+            self.batches = (GraphBatches(self.window, graphs, batch, self.role.max_owned, self.device, seed)
+                            if graphs else PointBatches(self.window, batch, self.role.max_owned, self.device, seed))
+
+    def _read_graphs(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        graphs = {}
+        for rank in self.role.owned:
+            pos = self._get(self.keys.pos(rank), "meta")
+            edges = self._get(self.keys.edges(rank), "meta")
+            graphs[rank] = (pos, edges)
+        return graphs
+
+    def _get(self, key: str, category: str, out: np.ndarray | None = None) -> np.ndarray:
+        with self.acc.section(category, key=key.removeprefix(self.keys.prefix)) as ev:
+            array = self.client.get_tensor(key, out=out)
+            if array is not None:
+                ev["nbytes"] = array.nbytes
+        if array is None:
+            raise WorkflowError(f"staging key {key!r} is missing although the simulation announced it")
+        return array
+
+    def _control(self) -> tuple[int, bool]:
+        """(newest sync step complete on every scope, stop requested), agreed by all trainer ranks."""
+        def probe() -> tuple[int, int]:
+            status = self.monitor.read()
+            return (-1, 0) if status is None else (int(status[0]), int(status[1]))
+
+        results = [r for r in agree(self.role.comm, self.acc, probe if self.role.is_head else None) if r is not None]
+        return min(step for step, _ in results), any(code != 0 for _, code in results)
+
+    def _load(self, upto: int) -> None:
+        interval = self.cfg.simulation.train_interval
+        first = (self.loaded_step // interval + 1) * interval
+        for step in range(first, upto + 1, interval):
+            arrays = {}
+            for rank in self.role.owned:
+                key = self.keys.data(rank, step)
+                arrays[rank] = self._get(key, "data")
+                if self.cfg.trainer.delete_consumed:
+                    with self.acc.section("data", record=False):
+                        self.client.delete(key)
+            with self.acc.section("data", record=False):
+                self.window.add_step(step, arrays)
+            self.loaded_step = step
+
+    def _loop(self) -> None:
+        every = self.cfg.trainer.checkpoint_every
+        while True:
+            newest, stop = self._control()
+            if stop:
+                return
+            if newest > self.loaded_step:
+                self._load(newest)
+                self._idle_sleep = 1e-3
+            if len(self.window) == 0:
+                self._idle()
+                continue
+            self._train_epoch()
+            if self.epoch % every == 0:
+                self._checkpoint()
+            self._beat()
+
+    def _idle(self) -> None:
+        with self.acc.section("wait", record=False):
+            time.sleep(self._idle_sleep)
+        self._idle_sleep = min(2 * self._idle_sleep, _MAX_IDLE_SLEEP_S)
+        self._beat()
+
+    def _train_epoch(self) -> None:
+        loss_fn = torch.nn.functional.mse_loss
+        with self.acc.section("compute", event="epoch", epoch=self.epoch) as ev:
+            total, count = 0.0, 0
+            for x, edge_index, pos, y in self.batches.epoch():
+                self.opt.zero_grad(set_to_none=True)
+                loss = loss_fn(self.ddp(x, edge_index, pos), y)
+                loss.backward()
+                self.opt.step()
+                total, count = total + float(loss.detach()), count + 1
+            self.last_loss = total / max(count, 1)
+            ev.update(loss=self.last_loss, batches=count, steps_in_window=len(self.window))
+        self.epoch += 1
+
+    def _checkpoint(self) -> None:
+        self.version += 1
+        if not self.role.is_head:
+            return
+        with self.acc.section("checkpoint", record=False):
+            blob = checkpoint.to_bytes(self.scripted)
+        with self.acc.section("checkpoint", nbytes=len(blob), version=self.version):
+            self.client.put_bytes(self.keys.model, blob)
+        with self.acc.section("meta"):
+            self.heartbeat.write([self.version, self.epoch, 0], force=True)
+
+
+def run_trainer(cfg: WorkflowConfig, role: Role, client: StagingClient, start_epoch_s: float,
+                profile_backend: str | None = None) -> ComponentReport:
+    """Run one trainer rank to the end of the workflow (collective over ``role.comm``)."""
+    return Trainer(cfg, role, client, start_epoch_s, profile_backend).run()
