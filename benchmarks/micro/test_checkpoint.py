@@ -14,7 +14,7 @@ import time
 import pytest
 
 from simai_core import mpi
-from simai_core.bench.measure import median, sync_ranks, time_rounds
+from simai_core.bench.measure import InterleavedReference, median, sync_ranks
 from simai_core.bench.record import AGGREGATE_GBPS, LATENCY, record
 from simai_core.fom import FomSpec
 from simai_core.staging import registry
@@ -66,8 +66,8 @@ def test_checkpoint(benchmark, backend, staging, staging_pool, simai_run, op, mo
         raw_op = (lambda: raw.put(f"raw.{key}", memoryview(blob))) if op == "push" \
             else (lambda: raw.get(f"raw.{key}", memoryview(out)))
         target = (lambda: staging.put_bytes(key, blob)) if op == "push" else (lambda: staging.get_bytes(key))
-        raw_samples = time_rounds(raw_op if mine else _idle, rounds)
-        benchmark.pedantic(target if mine else _idle, setup=sync_ranks, rounds=rounds, warmup_rounds=1)
+        reference = InterleavedReference(raw_op if mine else _idle)
+        benchmark.pedantic(target if mine else _idle, setup=reference, rounds=rounds, warmup_rounds=1)
     finally:
         raw.close()
 
@@ -79,7 +79,7 @@ def test_checkpoint(benchmark, backend, staging, staging_pool, simai_run, op, mo
     if mine:
         seconds = benchmark.stats.stats.median
         local |= {f"{op}_latency_s": seconds, f"{op}_GBps": len(blob) / seconds / 1e9,
-                  f"raw_{op}_GBps": len(blob) / median(raw_samples) / 1e9}
+                  f"raw_{op}_GBps": len(blob) / median(reference.samples) / 1e9}
     specs = {f"{op}_latency_s": LATENCY, f"{op}_GBps": AGGREGATE_GBPS, f"raw_{op}_GBps": AGGREGATE_GBPS,
              "load_s": FomSpec(unit="s", better="lower")}
     params = {"op": op, "model": model_name, "format": fmt, "nbytes": len(blob), "rounds": rounds,

@@ -2,7 +2,8 @@
 
 FOMs per op: ``<op>_latency_s`` (mean over ranks of each rank's median round),
 ``<op>_GBps`` (sum over ranks), and ``<op>_vs_raw``: that throughput over the
-backend's raw path (``RawReference``), measured in the same test on the same bytes.
+backend's raw path (``RawReference``), timed on the same bytes in the same rounds,
+just before each backend operation.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from simai_core import mpi
-from simai_core.bench.measure import default_rounds, median, sync_ranks, time_rounds
+from simai_core.bench.measure import InterleavedReference, default_rounds, median
 from simai_core.bench.record import AGGREGATE_GBPS, LATENCY, record
 from simai_core.staging import registry
 
@@ -31,9 +32,9 @@ def test_tensor(benchmark, backend, staging, staging_pool, simai_run, nbytes, op
             staging.put_tensor(key, data)
         raw_op = (lambda: raw.put(f"raw.{key}", memoryview(data))) if op == "put" \
             else (lambda: raw.get(f"raw.{key}", memoryview(out)))
-        raw_samples = time_rounds(raw_op, rounds)
+        reference = InterleavedReference(raw_op)
         target = (lambda: staging.put_tensor(key, data)) if op == "put" else (lambda: staging.get_tensor(key, out=out))
-        benchmark.pedantic(target, setup=sync_ranks, rounds=rounds, warmup_rounds=1)
+        benchmark.pedantic(target, setup=reference, rounds=rounds, warmup_rounds=1)
     finally:
         raw.close()
 
@@ -44,7 +45,7 @@ def test_tensor(benchmark, backend, staging, staging_pool, simai_run, nbytes, op
 
     seconds = benchmark.stats.stats.median
     local = {f"{op}_latency_s": seconds, f"{op}_GBps": nbytes / seconds / 1e9,
-             f"raw_{op}_GBps": nbytes / median(raw_samples) / 1e9}
+             f"raw_{op}_GBps": nbytes / median(reference.samples) / 1e9}
     specs = {f"{op}_latency_s": LATENCY, f"{op}_GBps": AGGREGATE_GBPS, f"raw_{op}_GBps": AGGREGATE_GBPS}
     run = simai_run(backend, {"op": op, "nbytes": nbytes, "rounds": rounds, "raw": raw.description})
     record(benchmark, run, local, specs, ratios={f"{op}_vs_raw": (f"{op}_GBps", f"raw_{op}_GBps")})

@@ -18,21 +18,30 @@ def sync_ranks() -> None:
         mpi.barrier()
 
 
-def time_rounds(fn: Callable[[], Any], rounds: int, warmup_rounds: int = 1) -> list[float]:
-    """Time ``fn`` for ``rounds`` rounds after ``warmup_rounds`` untimed ones, ranks in step.
+class InterleavedReference:
+    """A raw reference timed in the same rounds as the benchmark, as its ``pedantic`` setup.
 
-    The same schedule as ``benchmark.pedantic(fn, setup=sync_ranks, ...)`` so a raw
-    reference and the backend under test are measured alike.
+    Before each benchmark round (untimed by pytest-benchmark) the ranks synchronise, run and
+    time the raw operation once, and synchronise again; so the backend and its reference see
+    the same machine state, and drift on a busy machine hits both alike.
     """
-    samples = []
-    for i in range(warmup_rounds + rounds):
+
+    def __init__(self, raw_op: Callable[[], Any], warmup_rounds: int = 1) -> None:
+        self.raw_op = raw_op
+        self.warmup_rounds = warmup_rounds
+        self._all: list[float] = []
+
+    def __call__(self) -> None:
         sync_ranks()
         start = time.perf_counter()
-        fn()
-        elapsed = time.perf_counter() - start
-        if i >= warmup_rounds:
-            samples.append(elapsed)
-    return samples
+        self.raw_op()
+        self._all.append(time.perf_counter() - start)
+        sync_ranks()
+
+    @property
+    def samples(self) -> list[float]:
+        """The timed raw rounds (warm-up rounds dropped)."""
+        return self._all[self.warmup_rounds:]
 
 
 def median(samples: list[float]) -> float:
