@@ -29,7 +29,7 @@ def test_only_rank_zero_writes_the_json(tmp_path):
     proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "pytest", "benchmarks/micro/test_metadata.py",
                 "-m", "micro and nodelocal", "-k", "exists", "--simai-rounds", "3", "-q", "--benchmark-json", str(out)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("Wrote benchmark data") == 1
+    assert (proc.stdout + proc.stderr).count("Wrote benchmark data") == 1
     data = json.loads(out.read_text())
     assert data["machine_info"]["simai"]["world_size"] == 2
     [bench] = data["benchmarks"]
