@@ -35,6 +35,7 @@ _MARKERS = {
     "full": "full benchmark: a workflow coupled to a real solver",
     "motif6": "motif 6: online training of a surrogate from a running simulation",
     "backends(*names)": "run this test only on the named staging backends",
+    "adios2": "runs on ADIOS2 streams (SST) and files (BP5)",
 }
 
 
