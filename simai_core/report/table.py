@@ -1,0 +1,164 @@
+"""The FOM table: one row per benchmark, its backend and params, then its FOMs with units.
+
+The same rows feed the terminal (rich) and the Markdown/HTML report, so the builder
+returns plain strings and the renderers only lay them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from simai_core.fom import Fom
+from simai_core.report.loading import Bench, Run, as_run
+from simai_core.report.units import format_params, format_range, format_value
+
+_FIXED = ("benchmark", "backend", "params")
+MAX_FOM_COLUMNS = 6  # more FOMs than this are split over several tables that fit a terminal
+
+
+@dataclass
+class FomGrid:
+    """A table as strings: headers and rows (a row has one cell per header)."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def fom_column(bench: Bench, name: str) -> str:
+    """The column a FOM goes in: ``put_GBps`` of a put benchmark shares ``GBps`` with ``get_GBps`` of a get one."""
+    op = bench.params.get("op")
+    if isinstance(op, str) and name.startswith(op + "_"):
+        return name[len(op) + 1 :]
+    return name
+
+
+def format_fom(fom: Fom) -> str:
+    """A FOM value with unit, followed by its rank spread when the ranks disagree."""
+    text = format_value(fom.value, fom.unit)
+    if fom.ranks.min != fom.ranks.max:
+        text += f" ({format_range(fom.ranks.min, fom.ranks.max, fom.unit)})"
+    return text
+
+
+def _sort_key(bench: Bench) -> tuple[Any, ...]:
+    p = bench.params
+    return (bench.base_name, bench.backend or "", str(p.get("op", "")), p.get("nbytes", 0), format_params(p))
+
+
+def _params_cell(bench: Bench) -> str:
+    params = bench.params
+    if bench.simai and bench.simai.deployment and "deployment" not in params:
+        params["deployment"] = bench.simai.deployment
+    return format_params(params)
+
+
+def _columns(benches: list[Bench]) -> list[str]:
+    columns: list[str] = []
+    for bench in benches:
+        columns += [c for c in (fom_column(bench, n) for n in bench.foms) if c not in columns]
+    return columns
+
+
+def _affixes(columns: list[str]) -> tuple[str, str]:
+    """The ``sim_`` prefix and ``_pct`` suffix that all of several columns share ('' where none)."""
+    if len(columns) < 2:
+        return "", ""
+    first = {c.split("_", 1)[0] for c in columns}
+    last = {c.rsplit("_", 1)[-1] for c in columns}
+    prefix = f"{first.pop()}_" if len(first) == 1 and all("_" in c for c in columns) else ""
+    suffix = f"_{last.pop()}" if len(last) == 1 and all(c.count("_") >= 2 for c in columns) else ""
+    return prefix, suffix
+
+
+def grid(benches: list[Bench], title: str, columns: list[str] | None = None) -> FomGrid:
+    """The FOM grid of some benchmarks (default columns: the union of their FOMs, in first-seen order).
+
+    A shared prefix and suffix (``sim_*_pct``) move from the headers into the title.
+    """
+    benches = sorted(benches, key=_sort_key)
+    columns = _columns(benches) if columns is None else columns
+    rows = []
+    for bench in benches:
+        cells = {fom_column(bench, n): format_fom(f) for n, f in bench.foms.items()}
+        rows.append([bench.base_name, bench.backend or "-", _params_cell(bench)] + [cells.get(c, "") for c in columns])
+    prefix, suffix = _affixes(columns)
+    headers = [c[len(prefix) : len(c) - len(suffix)] for c in columns]
+    if prefix or suffix:
+        title += f": {prefix}*{suffix}"
+    return FomGrid(title, list(_FIXED) + headers, rows)
+
+
+def column_chunks(columns: list[str], limit: int = MAX_FOM_COLUMNS) -> list[list[str]]:
+    """Split many FOM columns into tables of at most ``limit``: a prefix family (``sim_*``) per table, the rest together."""
+    if len(columns) <= limit:
+        return [columns]
+    by_prefix: dict[str, list[str]] = {}
+    for c in columns:
+        by_prefix.setdefault(c.split("_", 1)[0], []).append(c)
+    families = [g for g in by_prefix.values() if len(g) > 1]
+    rest = [c for g in by_prefix.values() if len(g) == 1 for c in g]
+    chunks = [g[i : i + limit] for g in [*families, rest] for i in range(0, len(g), limit)]
+    return [c for c in chunks if c]
+
+
+def _group_title(run: Run, level: str | None, motif: str | None) -> str:
+    what = " / ".join(filter(None, [level or "plain pytest-benchmark", motif]))
+    return f"{run.label}: {what}"
+
+
+def fom_grids(run: Run | dict[str, Any]) -> list[FomGrid]:
+    """One grid per (level, motif), so micro sweeps and mini workflows do not share columns; wide ones split."""
+    run = as_run(run)
+    groups: dict[tuple[str | None, str | None], list[Bench]] = {}
+    for bench in run.benches:
+        groups.setdefault((bench.level, bench.simai.motif if bench.simai else None), []).append(bench)
+    grids = []
+    for key, benches in groups.items():
+        chunks = column_chunks(_columns(benches))
+        for columns in chunks:
+            grids.append(grid(benches, _group_title(run, *key), columns))
+    return grids
+
+
+def _fom_cell(text: str) -> Text:
+    value, sep, spread = text.partition(" (")
+    cell = Text(value)
+    if sep:  # the rank spread on its own line, dimmed: the value is what people scan for
+        cell.append("\n" + spread.rstrip(")").replace(" %", ""), style="dim")
+    return cell
+
+
+def _rich(g: FomGrid) -> Table:
+    table = Table(title=Text(g.title), title_justify="left")
+    for i, header in enumerate(g.headers):
+        fixed = i < len(_FIXED)
+        table.add_column(Text(header), justify="left" if fixed else "right", overflow="fold", no_wrap=fixed)
+    for row in g.rows:
+        head = [*row[: len(_FIXED) - 1], row[len(_FIXED) - 1].replace(", ", "\n")]  # a param a line
+        table.add_row(*map(Text, head), *(_fom_cell(c) for c in row[len(_FIXED) :]))
+    return table
+
+
+def fom_table(run: Run | dict[str, Any]) -> Table:
+    """The FOM table of a run (an already-loaded JSON dict is fine) as one rich Table."""
+    run = as_run(run)
+    return _rich(grid(run.benches, run.label))
+
+
+def print_fom_table(run: Run | dict[str, Any], console: Console | None = None) -> None:
+    """Print the FOM tables of a run, one per benchmark level and motif, with the machine it ran on."""
+    run = as_run(run)
+    console = console or Console()
+    simai = run.machine_info.get("simai") or {}
+    where = ", ".join(filter(None, [str(run.machine_info.get("node") or ""), str(simai.get("profile") or "")]))
+    header = Text(run.label, style="bold")
+    header.append((f" on {where}" if where else "") + f": {len(run.benches)} benchmarks")
+    console.print(header)
+    for g in fom_grids(run):
+        console.print(_rich(g))
