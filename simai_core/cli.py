@@ -10,10 +10,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from simai_core.errors import SimaiError
+
+if TYPE_CHECKING:
+    from simai_core.report.loading import Run
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 STORAGE_HELP = "pytest-benchmark storage to look run ids (0001, latest) up in (default: .benchmarks)"
@@ -78,14 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(specs: Sequence[str], storage: Path | None) -> list:
+def _load(specs: Sequence[str], storage: Path | None) -> list[Run]:
     from simai_core.report.loading import load_run
 
-    runs = [load_run(s, storage) for s in specs]
-    labels = [r.label for r in runs]
-    for i, run in enumerate(runs):  # the same run given twice (or two '0001's) stays tellable apart
-        if labels.count(run.label) > 1:
-            run.label = f"{run.label}#{i + 1}"
+    # Short labels (file names, run ids) for table headers; the typed argument where names clash,
+    # and a position where even that clashes (the same run given twice).
+    names = [Path(s).name for s in specs]
+    labels = [spec if names.count(name) > 1 else name for spec, name in zip(specs, names, strict=True)]
+    labels = [f"{name}#{i + 1}" if labels.count(label) > 1 else label
+              for i, (label, name) in enumerate(zip(labels, names, strict=True))]
+    runs = [load_run(spec, storage, label=label) for spec, label in zip(specs, labels, strict=True)]
     return runs
 
 

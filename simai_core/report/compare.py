@@ -101,16 +101,17 @@ class Comparison:
     def render(self, console: Console, only_changed: bool = False) -> None:
         """Print warnings, the asv-style table (grouped by benchmark) and the summary."""
         for warning in self.warnings:
-            console.print(Text(f"warning: {warning}", style="yellow"))
+            console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
         rows = [r for r in self.rows if r.status != "same"] if only_changed else self.rows
         if rows:
             console.print(_table(self, rows))
         for label, names in ((self.base_label, self.only_base), (self.new_label, self.only_new)):
             if names:
-                console.print(Text(f"only in {label} ({len(names)}): " + ", ".join(names[:8]), style="dim"))
+                console.print(Text(f"only in {label} ({len(names)}): " + ", ".join(names[:8]), style="dim"), soft_wrap=True)
         for r in self.regressions:
-            console.print(Text(f"REGRESSION {r.benchmark} {r.metric}: {_values(r)} ({r.note})", style="bold red"))
-        console.print(Text(self.summary(), style="bold green" if self.ok else "bold red"))
+            console.print(Text(f"REGRESSION {r.benchmark} {r.metric}: {_values(r)} ({r.note})", style="bold red"),
+                          soft_wrap=True)
+        console.print(Text(self.summary(), style="bold green" if self.ok else "bold red"), soft_wrap=True)
 
 
 def _values(row: Row) -> str:

@@ -139,7 +139,8 @@ def to_markdown(blocks: list[Block]) -> str:
         elif b.kind == "list":
             out.append("\n".join(f"- {item}" for item in b.items))
         elif b.kind == "img":
-            out.append(f"![{b.text}]({b.src})")
+            alt = b.text.replace("[", "\\[").replace("]", "\\]")  # test ids have brackets
+            out.append(f"![{alt}]({b.src})")
         elif b.kind == "table" and b.grid:
             g = b.grid
             lines = [f"**{g.title}**", "", "| " + " | ".join(map(_md_cell, g.headers)) + " |",

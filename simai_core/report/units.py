@@ -27,12 +27,18 @@ def sig(x: float) -> str:
 
 def format_seconds(value: float) -> str:
     """A duration in the SI prefix that reads best: 0.0123 -> '12.3 ms'."""
-    if not math.isfinite(value):
-        return sig(value)
+    if not math.isfinite(value) or value == 0:
+        return sig(value) if value else "0 s"
+    previous = ""
     for scale, name in _TIME_PREFIXES:
-        if abs(value) >= scale:
-            return f"{sig(value / scale)} {name}"
-    return "0 s" if value == 0 else f"{sig(value / 1e-9)} ns"
+        # Decide on the rounded text: 999.6 µs rounds to "1000", which reads better one prefix up.
+        text = sig(value / scale)
+        if abs(float(text)) >= 1000 and previous:
+            return previous
+        if abs(float(text)) >= 1 or name == "ns":
+            return f"{text} {name}"
+        previous = f"{text} {name}"
+    raise AssertionError("unreachable: the ns branch always returns")
 
 
 def format_value(value: float, unit: str) -> str:

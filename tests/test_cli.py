@@ -1,0 +1,171 @@
+"""``simai-bench`` end to end: exit codes, one-line errors, storage run ids."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from simai_core.cli import main
+from simai_core.report import samples
+
+MACHINE_DIR = "Linux-CPython-3.11-64bit"
+
+
+def _write(path: Path, doc: object) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    """Run the CLI in-process with a wide recording console; return (exit code, stdout text)."""
+    console = Console(record=True, width=220, color_system=None)
+    code = main(list(argv), console=console)
+    return code, console.export_text()
+
+
+@pytest.fixture
+def micro(tmp_path: Path) -> dict:
+    return samples.micro_run(sizes=(1024, 2**20))
+
+
+@pytest.fixture
+def base(tmp_path: Path, micro: dict) -> str:
+    return _write(tmp_path / "base.json", micro)
+
+
+def test_compare_with_itself_exits_0(base):
+    code, out = run_cli("compare", base, base)
+    assert code == 0
+    assert "0 worse, 0 better, 0 within noise, 40 unchanged" in out and "OK" in out
+
+
+def test_compare_fifty_percent_worse_exits_1_and_names_fom_and_benchmark(tmp_path, base, micro):
+    new = _write(tmp_path / "new.json", samples.worsen(micro, "get_GBps", 50, bench_index=2))
+    code, out = run_cli("compare", base, new)
+    assert code == 1
+    assert "REGRESSION test_put_get[filesystem-get-1KiB] get_GBps" in out
+    assert "FAIL: 1 regression(s)" in out
+
+
+def test_compare_fifty_percent_better_exits_0_as_improvement(tmp_path, base, micro):
+    new = _write(tmp_path / "new.json", samples.worsen(micro, "put_latency_s", -50))
+    code, out = run_cli("compare", base, new, "--only-changed")
+    assert code == 0
+    assert "1 better" in out and "better by more than 10 %" in out and "put_latency_s" in out
+
+
+def test_threshold_and_fail_on_options(tmp_path, base, micro):
+    new = _write(tmp_path / "new.json", samples.worsen(micro, "put_GBps", 7))
+    assert run_cli("compare", base, new)[0] == 0
+    assert run_cli("compare", base, new, "--threshold", "5%")[0] == 1
+    assert run_cli("compare", base, new, "--fail-on", "put_GBps:5%")[0] == 1
+    assert run_cli("compare", base, new, "--fail-on", "get_GBps:5%", "--fail-on", "*_latency_s:1")[0] == 0
+
+
+def test_several_new_runs_each_against_base_and_machine_warning(tmp_path, base, micro):
+    other = samples.worsen(micro, "put_GBps", 50)
+    other["machine_info"]["node"] = "node-b"
+    code, out = run_cli("compare", base, base, _write(tmp_path / "other.json", other))
+    assert code == 1
+    assert "base.json#2 vs base.json#1" in out and "other.json vs base.json#1" in out
+    assert "warning: the runs come from different machines (node 'node-a' vs 'node-b'" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not JSON"),
+        ('{"hello": 1}', "not a pytest-benchmark JSON"),
+        ('{"benchmarks": [{"name": "x"}]}', "not a pytest-benchmark result"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, base, capsys, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert run_cli("compare", base, str(bad))[0] == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("simai-bench: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_unknown_schema_and_no_match_exit_2(tmp_path, base, micro, capsys):
+    future = json.loads(json.dumps(micro))
+    future["benchmarks"][0]["extra_info"]["simai"]["schema"] = 2
+    assert run_cli("show", _write(tmp_path / "future.json", future))[0] == 2
+    assert "schema is 2, this simai-bench reads schema 1 only" in capsys.readouterr().err
+    mini = _write(tmp_path / "mini.json", samples.mini_run())
+    assert run_cli("compare", base, mini)[0] == 2
+    err = capsys.readouterr().err
+    assert "no benchmark of" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "base.json", "nowhere.json"], "nowhere.json: no such file"),
+        (["compare", "base.json", "base.json", "--threshold", "lots"], "not a percentage"),
+        (["compare", "base.json", "base.json", "--fail-on", "5%"], "expected FOM:PCT"),
+        (["frobnicate"], "invalid choice"),
+        (["report", "base.json"], "-o/--output"),
+        ([], "required"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(tmp_path, base, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_storage_run_ids(tmp_path, micro, capsys):
+    storage = tmp_path / ".benchmarks"
+    _write(storage / MACHINE_DIR / "0001_abc_20240501_120000.json", micro)
+    _write(storage / MACHINE_DIR / "0002_def_20240502_120000.json", samples.worsen(micro, "put_GBps", 50))
+    assert run_cli("compare", "0001", "2", "--storage", str(storage))[0] == 1
+    assert run_cli("compare", "0001", "latest", "--storage", str(storage))[0] == 1
+    assert run_cli("compare", f"{MACHINE_DIR}/0001", "0001", "--storage", str(storage))[0] == 0
+    assert run_cli("compare", str(storage / MACHINE_DIR / "0001_abc_20240501_120000.json"), "0001",
+                   "--storage", str(storage))[0] == 0
+    capsys.readouterr()
+    assert run_cli("show", "0003", "--storage", str(storage))[0] == 2
+    assert "no such file or run in" in capsys.readouterr().err
+    _write(storage / "Darwin-CPython-3.11-64bit" / "0001_xyz_20240503_120000.json", micro)
+    assert run_cli("show", "0001", "--storage", str(storage))[0] == 2
+    assert "several runs" in capsys.readouterr().err
+
+
+def test_storage_defaults_to_dot_benchmarks_in_cwd(tmp_path, micro, monkeypatch):
+    _write(tmp_path / ".benchmarks" / MACHINE_DIR / "0001_abc_20240501_120000.json", micro)
+    monkeypatch.chdir(tmp_path)
+    code, out = run_cli("show", "1")
+    assert code == 0 and "test_put_get" in out and "size=1MiB" in out
+
+
+def test_report_and_show(tmp_path, base):
+    mini = _write(tmp_path / "mini.json", samples.mini_run(tmp_path))
+    code, out = run_cli("report", base, mini, "-o", str(tmp_path / "out"))
+    assert code == 0 and "with 4 plot(s)" in out
+    assert "](micro_throughput.png)" in (tmp_path / "out" / "report.md").read_text()
+    code, out = run_cli("show", base)
+    assert code == 0
+    assert "base.json on node-a, local: 8 benchmarks" in out and "GB/s" in out
+
+
+def test_report_into_an_unwritable_place_exits_2(tmp_path, base, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert run_cli("report", base, "-o", str(blocker / "out"))[0] == 2
+    assert "cannot write the report" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(base):
+    proc = subprocess.run([sys.executable, "-m", "simai_core.cli", "compare", base, base],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "unchanged" in proc.stdout
