@@ -175,6 +175,16 @@ def test_nan_and_zero_values():
     assert _rows(comp, "put_vs_raw")[0].status == "n/a" and comp.ok
 
 
+def test_a_fom_on_one_side_only_is_listed_not_gated(micro):
+    new = copy.deepcopy(micro)
+    foms = _bench(new)["extra_info"]["fom"]
+    foms["put_ops"] = foms.pop("put_vs_raw")
+    comp = compare_runs(micro, new)
+    assert comp.ok
+    notes = {r.metric: r.note for r in comp.rows if r.status == "n/a"}
+    assert notes == {"put_vs_raw": "only in the base run", "put_ops": "only in the new run"}
+
+
 def test_render_prints_an_asv_style_table_and_the_verdict(micro):
     comp = compare_runs(micro, samples.worsen(micro, "put_GBps", 50))
     console = Console(record=True, width=200, color_system=None)

@@ -213,6 +213,11 @@ def compare_benches(label: str, b: Bench, n: Bench, threshold_pct: float,
         thr = threshold_for(name, threshold_pct, fail_on)
         noise = partial(_fom_noise, fb, fn, b=b, n=n)
         rows.append(_row(label, name, "fom", fb.unit, fb.better, fb.value, fn.value, thr, noise, True))
+    for name in (k for k in {**b.foms, **n.foms} if (k in b.foms) != (k in n.foms)):
+        fom = b.foms.get(name) or n.foms[name]
+        base, new = (b.foms[name].value, math.nan) if name in b.foms else (math.nan, n.foms[name].value)
+        note = "only in the base run" if name in b.foms else "only in the new run"
+        rows.append(Row(label, name, "fom", fom.unit, fom.better, base, new, None, None, threshold_pct, "n/a", note))
     for stat in STAT_METRICS:
         if stat in b.stats and stat in n.stats:
             metric = f"time.{stat}"
@@ -237,6 +242,11 @@ def _label(b: Bench, n: Bench) -> str:
     return b.name if b.name == n.name else f"{b.name} -> {n.name}"
 
 
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def machine_warnings(base: Run, new: Run) -> list[str]:
     """Warnings when the two runs come from different machines (node, simai profile, CPU)."""
     mb, mn = base.machine_info, new.machine_info
@@ -248,7 +258,7 @@ def machine_warnings(base: Run, new: Run) -> list[str]:
         vb, vn = sb.get(key), sn.get(key)
         # Measured numbers (memcpy_GBps...) vary run to run; identity fields (profile...) should not.
         if vb != vn and not isinstance(vb, float) and not isinstance(vn, float):
-            diffs.append(f"{key} {vb!r} vs {vn!r}")
+            diffs.append(f"{key} {_short(vb)} vs {_short(vn)}")
     cb, cn = (mb.get("cpu") or {}).get("brand_raw"), (mn.get("cpu") or {}).get("brand_raw")
     if cb and cn and cb != cn:
         diffs.append(f"cpu {cb!r} vs {cn!r}")

@@ -30,6 +30,7 @@ KIND_COLORS = {
 }
 OVERHEAD_ORDER = ("meta", "data", "checkpoint", "inference", "wait", "unaccounted")
 LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D")
 _PCT = re.compile(r"^(sim|train)_(\w+)_pct$")
 
 
@@ -85,7 +86,8 @@ def _draw_series(ax: Any, series: dict[tuple[str, str], list[tuple[int, Any]]], 
         y = [f.value for _, f in points]
         color = f"C{backends.index(backend) % 10}"
         name = f"{backend} ({label})" if multi_run else backend
-        ax.plot(x, y, marker="o", color=color, linestyle=LINESTYLES[labels.index(label) % 4], label=name)
+        run_index = labels.index(label) % len(LINESTYLES)  # style and marker tell runs apart, colour the backend
+        ax.plot(x, y, marker=MARKERS[run_index], color=color, linestyle=LINESTYLES[run_index], label=name)
         # Rank spread as a band, only where the value is a per-rank quantity (not a sum over ranks).
         lo, hi = [f.ranks.min for _, f in points], [f.ranks.max for _, f in points]
         if any(a != b for a, b in zip(lo, hi, strict=True)) and all(a <= v <= b for a, v, b in zip(lo, y, hi, strict=True)):
