@@ -64,7 +64,7 @@ class PointBatches:
         if self._version == self.window.version:
             return
         data = np.concatenate([a for _, a in self.window.samples()], axis=0)
-        table = torch.from_numpy(data.astype(np.float32, copy=False))
+        table = torch.tensor(data, dtype=torch.float32)
         self.x = table[:, : self.window.n_in].contiguous().to(self.device)
         self.y = table[:, self.window.n_in :].contiguous().to(self.device)
         self._version = self.window.version
@@ -94,8 +94,9 @@ class GraphBatches:
                  max_owned: int, device: torch.device, seed: int) -> None:
         self.window, self.batch, self.max_owned, self.device = window, batch, max_owned, device
         self.gen = torch.Generator().manual_seed(seed)
-        self.edges = {r: torch.from_numpy(np.ascontiguousarray(e, dtype=np.int64)).to(device) for r, (_, e) in graphs.items()}
-        self.pos = {r: torch.from_numpy(p.astype(np.float32)).to(device) for r, (p, _) in graphs.items()}
+        # torch.tensor copies: staged arrays may be read-only views of the transfer buffer.
+        self.edges = {r: torch.tensor(e, dtype=torch.long, device=device) for r, (_, e) in graphs.items()}
+        self.pos = {r: torch.tensor(p, dtype=torch.float32, device=device) for r, (p, _) in graphs.items()}
         self._version = -1
         self._items: list[tuple[int, Tensor, Tensor]] = []
 
@@ -105,7 +106,7 @@ class GraphBatches:
         n_in = self.window.n_in
         self._items = []
         for rank, array in self.window.samples():
-            table = torch.from_numpy(array.astype(np.float32, copy=False)).to(self.device)
+            table = torch.tensor(array, dtype=torch.float32, device=self.device)
             self._items.append((rank, table[:, :n_in].contiguous(), table[:, n_in:].contiguous()))
         self._version = self.window.version
 

@@ -75,10 +75,11 @@ class ComponentProcess:
         return self.proc.pid
 
     def kill(self) -> None:
-        """SIGKILL the child (no-op once it ended)."""
+        """SIGKILL the child (no-op once it ended) and release its log file."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._log.close()
 
     def wait(self, timeout_s: float) -> ComponentReport:
         """Wait for the child; on the deadline kill it. A child that died without a report yields an error report."""

@@ -98,7 +98,7 @@ def _role_from_table(table: list[tuple[str, int, int]], world_rank: int, comm: A
     scopes = {s for _, s, _ in table}
     max_owned = max(-(-sum(1 for c, s2, _ in table if c == "sim" and s2 == s)
                       // sum(1 for c, s2, _ in table if c == "train" and s2 == s)) for s in scopes)
-    return Role(component=component, comm=comm, scope=scope, is_head=index == 0, owned=owned,
+    return Role(component="sim" if component == "sim" else "train", comm=comm, scope=scope, is_head=index == 0, owned=owned,
                 max_owned=max_owned, sim_size=sum(1 for c, _, _ in table if c == "sim"),
                 local_index=index, world_rank=world_rank, node=node,
                 detail={"scopes": len(scopes), "scope_sim_ranks": len(sims), "scope_trainer_ranks": len(trainers)})
@@ -106,4 +106,4 @@ def _role_from_table(table: list[tuple[str, int, int]], world_rank: int, comm: A
 
 def serial_role(component: Component, comm: Any) -> Role:
     """The role of a component that runs alone in its own process (one rank, one scope)."""
-    return Role(component=component, comm=comm, owned=(0,) if component == "train" else ())
+    return Role(component="sim" if component == "sim" else "train", comm=comm, owned=(0,) if component == "train" else ())

@@ -11,6 +11,7 @@ failed simulation raises :class:`~simai_core.workflow.protocol.PeerTimeoutError`
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -58,6 +59,7 @@ class Trainer:
                 distributed.init_process_group(self.role.comm, self.backend, self.cfg.peer_timeout_s)
             self._beat(force=True)
             self._setup()
+            self._beat(force=True)  # model building can take a while on a busy node
             self._loop()
             if self.role.is_head:
                 with self.acc.section("meta"):
@@ -81,7 +83,7 @@ class Trainer:
             with self.acc.section("wait"):
                 found = self.client.poll(key, timeout_s=1.0)
 
-            everywhere = all(agree(self.role.comm, self.acc, lambda found=found: self._probe_key(found)))
+            everywhere = all(agree(self.role.comm, self.acc, functools.partial(self._probe_key, found)))
             self._beat()
             if everywhere:
                 return
@@ -144,7 +146,9 @@ class Trainer:
             arrays = {}
             for rank in self.role.owned:
                 key = self.keys.data(rank, step)
-                arrays[rank] = self._get(key, "data")
+                # Fetch into a fresh writable buffer (get_tensor(out=) copies once, straight from the transfer).
+                out = np.empty((self.n_points, 2 * self.n_in), dtype=self.cfg.problem.dtype)
+                arrays[rank] = self._get(key, "data", out=out)
                 if self.cfg.trainer.delete_consumed:
                     with self.acc.section("data", record=False):
                         self.client.delete(key)

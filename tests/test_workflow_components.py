@@ -1,0 +1,156 @@
+"""Workflow building blocks: time accounting, rank layout, the training window, peer monitoring."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from simai_core.profiles import load_profile
+from simai_core.staging import registry
+from simai_core.workflow.config import WorkflowConfig
+from simai_core.workflow.layout import LayoutError, _role_from_table, split_count
+from simai_core.workflow.protocol import Heartbeat, Keys, PeerFailedError, PeerMonitor, PeerTimeoutError, publish_error
+from simai_core.workflow.report import MOTIF6_FOMS, ComponentReport, local_foms
+from simai_core.workflow.timers import Accounting
+
+
+@pytest.fixture
+def files(tmp_path):
+    server = registry.make_server("filesystem", load_profile("local"), tmp_path)
+    server.start()
+    client = registry.connect("filesystem", server.address)
+    yield client
+    client.close()
+    server.stop()
+
+
+def test_accounting_adds_up_and_records_events():
+    acc = Accounting("sim", 3, start_epoch_s=time.time())
+    acc.start()
+    with acc.section("compute", step=0):
+        time.sleep(0.02)
+    with acc.section("data", nbytes=1000) as ev:
+        time.sleep(0.01)
+        ev["key"] = "x"
+    with acc.section("meta") as ev:
+        ev["nbytes"] = 8
+    acc.stop()
+    assert acc.seconds["compute"] >= 0.02 and acc.seconds["data"] >= 0.01
+    assert 0 <= acc.unaccounted_s < 0.005
+    assert acc.transfer_bytes["data"] == 1000 and acc.transfer_bytes["meta"] == 8
+    kinds = [e["kind"] for e in acc.events]
+    assert kinds == ["step", "data", "meta"]
+    assert acc.events[1]["key"] == "x" and acc.events[1]["nbytes"] == 1000 and acc.events[0]["rank"] == 3
+    assert acc.events[0]["t0_s"] >= 0
+
+
+def test_sections_must_not_nest():
+    acc = Accounting("train", 0, time.time())
+    with acc.section("compute"), pytest.raises(RuntimeError, match="must not nest"), acc.section("data"):
+        pass
+    with pytest.raises(ValueError, match="unknown category"), acc.section("io"):
+        pass
+
+
+def test_split_count():
+    assert [split_count(n, 0.5) for n in (2, 3, 8)] == [1, 2, 4]
+    assert split_count(8, 0.99) == 7 and split_count(8, 0.01) == 1
+    with pytest.raises(LayoutError):
+        split_count(1, 0.5)
+
+
+class FakeComm:
+    """Stands in for an MPI communicator in the pure table logic (only the rank is read)."""
+
+    def __init__(self, rank: int) -> None:
+        self._rank = rank
+
+    def Get_rank(self) -> int:
+        return self._rank
+
+
+def test_trainers_own_disjoint_sim_ranks_per_scope():
+    # Two nodes (scopes), each with 3 simulation ranks and 2 trainer ranks.
+    table = []
+    for scope in range(2):
+        table += [("sim", scope, 3 * scope + i) for i in range(3)] + [("train", scope, 2 * scope + i) for i in range(2)]
+    roles = [_role_from_table(table, w, FakeComm(table[w][2]), 0) for w in range(len(table))]
+    trainers = [r for r in roles if r.component == "train"]
+    assert [r.owned for r in trainers] == [(0, 2), (1,), (3, 5), (4,)]
+    assert all(r.max_owned == 2 for r in roles)
+    assert [r.is_head for r in roles] == [True, False, False, True, False] * 2
+    assert {r.sim_size for r in roles} == {6}
+
+
+def test_more_trainers_than_sim_ranks_is_refused():
+    table = [("sim", 0, 0), ("train", 0, 0), ("train", 0, 1)]
+    with pytest.raises(LayoutError, match="lower the trainer share"):
+        _role_from_table(table, 1, FakeComm(0), 0)
+
+
+def test_window_keeps_the_newest_steps_and_batches_agree():
+    torch = pytest.importorskip("torch")
+    from simai_core.workflow.dataset import PointBatches, SnapshotWindow
+
+    window = SnapshotWindow((0, 1), n_in=1, window=2)
+    for step in (0, 5, 10):
+        evicted = window.add_step(step, {r: np.full((10, 2), step + r, float) for r in (0, 1)})
+    assert list(window.steps) == [5, 10] and evicted == [0] and len(window.arrays) == 4
+    # This rank owns 2 of the largest share of 3: it still runs the batches of the largest share.
+    batches = PointBatches(window, batch=4, max_owned=3, device=torch.device("cpu"), seed=0)
+    got = list(batches.epoch())
+    assert len(got) == batches.n_batches() == 15  # ceil(3 ranks * 2 steps * 10 points / 4)
+    x, _, _, y = got[0]
+    assert x.shape == (4, 1) and torch.equal(x, y)
+
+
+def test_heartbeat_and_monitor(files):
+    keys = Keys("t1")
+    beat = Heartbeat(files, keys.sim_status, interval_s=0.0)
+    monitor = PeerMonitor(files, keys, "sim", 2, startup_timeout_s=0.2, peer_timeout_s=0.2)
+    assert monitor.read() is None  # nothing yet, still within the start-up deadline
+    beat.write([4, 0])
+    np.testing.assert_array_equal(monitor.read(), [4, 0, 1])
+    time.sleep(0.3)
+    with pytest.raises(PeerTimeoutError, match="silent"):
+        monitor.read()
+    beat.write([5, 0])
+    assert monitor.read()[2] == 2
+
+
+def test_monitor_reports_a_peer_that_never_started(files):
+    monitor = PeerMonitor(files, Keys("t2"), "train", 3, startup_timeout_s=0.1, peer_timeout_s=5)
+    time.sleep(0.15)
+    with pytest.raises(PeerTimeoutError, match="no sign of life"):
+        monitor.read()
+
+
+def test_monitor_reports_a_published_failure(files):
+    keys = Keys("t3")
+    publish_error(files, keys, "train", "RuntimeError on train rank 1: out of memory")
+    with pytest.raises(PeerFailedError, match="out of memory"):
+        PeerMonitor(files, keys, "train", 3, 10, 10).read()
+
+
+def test_local_foms_cover_the_spec():
+    sim = ComponentReport(component="sim", rank=0, wall_s=10.0, unaccounted_s=0.1,
+                          seconds={"compute": 9.0, "meta": 0.4, "data": 0.2, "checkpoint": 0.1, "inference": 0.1, "wait": 0.1},
+                          transfer_bytes={"data": 2_000_000, "checkpoint": 30_000},
+                          transfer_seconds={"data": 0.1, "checkpoint": 0.01}, steps=40)
+    train = ComponentReport(component="train", rank=0, wall_s=11.0, epochs=50, seconds={"compute": 10.0})
+    foms = local_foms(sim) | local_foms(train)
+    assert foms["sim_overhead_pct"] == pytest.approx(8.0)
+    assert foms["sim_unaccounted_pct"] == pytest.approx(1.0)
+    assert foms["sim_data_GBps"] == pytest.approx(0.02)
+    assert foms["time_to_solution_s"] == 10.0 and foms["trainer_time_s"] == 11.0
+    assert set(foms) <= set(MOTIF6_FOMS)
+
+
+def test_workflow_config_round_trips_through_json():
+    cfg = WorkflowConfig.model_validate({"trainer": {"model": {"kind": "gnn", "hidden_channels": 8}}})
+    again = WorkflowConfig.model_validate_json(cfg.model_dump_json())
+    assert again == cfg and again.model_kind == "gnn" and again.trainer.batch_size() == 1
+    with pytest.raises(ValueError):
+        WorkflowConfig.model_validate({"simulation": {"tolerence": 0.1}})

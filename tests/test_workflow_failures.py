@@ -1,0 +1,140 @@
+"""End to end without MPI: the trainer (or the simulation) as a real separate process.
+
+A killed peer must make the survivor fail with a clear error within its deadline, and
+a complete serial run must converge with a complete time accounting.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from simai_core.profiles import load_profile
+from simai_core.staging import registry
+from simai_core.workflow.config import WorkflowConfig
+from simai_core.workflow.driver import run_serial
+from simai_core.workflow.launch import ComponentProcess
+from simai_core.workflow.layout import serial_role
+from simai_core.workflow.protocol import Keys, PeerTimeoutError
+
+pytest.importorskip("torch")
+
+PEER_TIMEOUT_S = 10.0
+# A run that never converges on its own (tiny tolerance) with fast steps: only a failure ends it.
+ENDLESS = {"problem": {"size": "debug"}, "simulation": {"step_time_s": 0.05, "tolerance": 1e-12, "max_steps": 100_000},
+           "peer_timeout_s": PEER_TIMEOUT_S, "startup_timeout_s": 120, "heartbeat_interval_s": 0.2}
+
+
+@pytest.fixture
+def staging(tmp_path):
+    server = registry.make_server("filesystem", load_profile("local"), tmp_path / "server")
+    server.start()
+    client = registry.connect("filesystem", server.address)
+    yield client, server.address
+    client.close()
+    server.stop()
+
+
+def kill_when(proc: ComponentProcess, client, key: str, ready, deadline_s: float = 120) -> dict:
+    """In a thread: SIGKILL ``proc`` once ``ready(status)`` holds for the array under ``key``."""
+    killed: dict = {}
+
+    def watch() -> None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            status = client.get_tensor(key)
+            if status is not None and ready(status):
+                proc.kill()
+                killed["at"] = time.monotonic()
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return killed
+
+
+@pytest.mark.timeout(300)
+def test_killed_trainer_fails_the_simulation(staging, tmp_path):
+    from simai_core.workflow.simulation import run_simulation
+
+    client, address = staging
+    cfg = WorkflowConfig.model_validate(ENDLESS)
+    trainer = ComponentProcess("train", cfg, "filesystem", address, tmp_path, time.time())
+    try:
+        # Kill it once it has delivered a checkpoint: it is alive, training, and then gone.
+        killed = kill_when(trainer, client, Keys(cfg.run_id).train_status, lambda s: s[0] >= 1)
+        with pytest.raises(PeerTimeoutError, match="train component has been silent"):
+            run_simulation(cfg, serial_role("sim", MPI.COMM_SELF), client, time.time())
+        noticed = time.monotonic()
+    finally:
+        trainer.kill()
+    assert "at" in killed, "the trainer never delivered a checkpoint"
+    assert noticed - killed["at"] < PEER_TIMEOUT_S + 2.0
+
+
+@pytest.mark.timeout(300)
+def test_killed_simulation_fails_the_trainer(staging, tmp_path):
+    from simai_core.workflow.trainer import run_trainer
+
+    client, address = staging
+    cfg = WorkflowConfig.model_validate(ENDLESS)
+    sim = ComponentProcess("sim", cfg, "filesystem", address, tmp_path, time.time())
+    try:
+        killed = kill_when(sim, client, Keys(cfg.run_id).sim_status, lambda s: s[0] >= 20)
+        with pytest.raises(PeerTimeoutError, match="sim component has been silent"):
+            run_trainer(cfg, serial_role("train", MPI.COMM_SELF), client, time.time())
+        noticed = time.monotonic()
+    finally:
+        sim.kill()
+    assert "at" in killed
+    assert noticed - killed["at"] < PEER_TIMEOUT_S + 2.0
+
+
+@pytest.mark.timeout(120)
+def test_trainer_that_never_starts_fails_the_simulation_at_its_start_deadline(staging):
+    from simai_core.workflow.simulation import run_simulation
+
+    client, _ = staging
+    cfg = WorkflowConfig.model_validate({**ENDLESS, "startup_timeout_s": 1.5})
+    start = time.monotonic()
+    with pytest.raises(PeerTimeoutError, match=r"gave no sign of life within 1\.5 s"):
+        run_simulation(cfg, serial_role("sim", MPI.COMM_SELF), client, time.time())
+    assert time.monotonic() - start < 1.5 + 1.0
+
+
+@pytest.mark.timeout(300)
+def test_failing_trainer_is_reported_to_the_simulation(staging, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA, where asking the trainer for CUDA fails")
+    _client, address = staging
+    cfg = WorkflowConfig.model_validate({**ENDLESS, "trainer": {"device": "cuda"}})
+    result = run_serial(cfg, "filesystem", address, tmp_path)
+    assert any("device 'cuda' requested but none is visible" in e for e in result.errors)
+    sim = next(r for r in result.reports if r.component == "sim")
+    assert sim.error is not None and sim.error.startswith("PeerFailedError")
+
+
+@pytest.mark.timeout(300)
+def test_serial_workflow_converges_with_complete_accounting(staging, tmp_path):
+    client, address = staging
+    cfg = WorkflowConfig.model_validate({"problem": {"size": "debug"}, "simulation": {"step_time_s": 0.1}})
+    result = run_serial(cfg, "filesystem", address, tmp_path)
+    result.raise_for_errors()
+    assert result.outcome.converged and result.outcome.reason == "tolerance"
+    assert result.outcome.final_mse <= cfg.simulation.tolerance
+    foms = result.local_foms()
+    assert foms["sim_unaccounted_pct"] < 2 and foms["train_unaccounted_pct"] < 2
+    assert foms["epochs"] >= cfg.trainer.checkpoint_every and foms["steps"] == result.outcome.steps
+    kinds = {e["kind"] for e in result.events()}
+    assert {"step", "meta", "data", "checkpoint", "inference", "epoch", "wait"} <= kinds
+    # The trainer deleted every snapshot it consumed and the driver cleaned the rest.
+    assert client.clean(Keys(cfg.run_id).prefix) == 0
+    for report in result.reports:
+        total = sum(report.seconds.values()) + report.unaccounted_s
+        assert np.isclose(total, report.wall_s)
