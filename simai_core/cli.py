@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--only-changed", action="store_true", help="list only rows past their threshold")
     cmp_.add_argument("--ignore-stats", action="store_true",
                       help="show pytest-benchmark's round times but gate on FOMs only")
+    cmp_.add_argument("--no-noise", action="store_true",
+                      help="fail on any change past the threshold, even where rank spreads or round scatter cover it")
     cmp_.add_argument("--ignore-backend", action="store_true",
                       help="match benchmarks regardless of backend (to compare two backends' runs)")
 
@@ -101,7 +103,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
     base, *news = _load([args.base, *args.new], args.storage)
     comparisons = [compare_runs(base, new, args.threshold, dict(args.fail_on), gate_stats=not args.ignore_stats,
-                                ignore_backend=args.ignore_backend) for new in news]
+                                ignore_backend=args.ignore_backend, noise_aware=not args.no_noise) for new in news]
     for comp in comparisons:
         comp.render(console, only_changed=args.only_changed)
     return EXIT_OK if all(c.ok for c in comparisons) else EXIT_REGRESSION

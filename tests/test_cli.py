@@ -68,6 +68,16 @@ def test_threshold_and_fail_on_options(tmp_path, base, micro):
     assert run_cli("compare", base, new, "--fail-on", "get_GBps:5%", "--fail-on", "*_latency_s:1")[0] == 0
 
 
+def test_noise_can_be_switched_off(tmp_path, micro):
+    base = json.loads(json.dumps(micro))
+    base["benchmarks"][0]["extra_info"]["fom"]["put_GBps"]["ranks"]["min"] *= 0.4  # one very slow rank
+    new = samples.worsen(micro, "put_GBps", 50)
+    paths = _write(tmp_path / "b.json", base), _write(tmp_path / "n.json", new)
+    code, out = run_cli("compare", *paths)
+    assert code == 0 and "within noise: rank spreads overlap" in out
+    assert run_cli("compare", *paths, "--no-noise")[0] == 1
+
+
 def test_several_new_runs_each_against_base_and_machine_warning(tmp_path, base, micro):
     other = samples.worsen(micro, "put_GBps", 50)
     other["machine_info"]["node"] = "node-b"

@@ -89,6 +89,7 @@ def test_overlapping_rank_spreads_are_noise_not_regressions(micro):
     assert row.status == "noise" and "rank spreads overlap" in row.note
     assert comp.ok and row in comp.noise
     assert not compare_runs(micro, new).ok  # without the spread it fails
+    assert not compare_runs(base, new, noise_aware=False).ok  # unless noise is not asked about
 
 
 def test_round_scatter_makes_a_fom_change_noise(micro):
@@ -135,6 +136,14 @@ def test_matching_by_fullname_backend_and_params(micro):
     assert comp.only_base == ["test_put_get[redis-put-1KiB]"]
     assert comp.only_new == ["test_put_get[redis-put-1MiB]"]
     assert len({r.benchmark for r in comp.rows}) == 3
+
+
+def test_more_rounds_or_another_raw_description_still_match(micro):
+    new = copy.deepcopy(micro)
+    for b in new["benchmarks"]:
+        b["extra_info"]["simai"]["params"].update(rounds=99, raw="another reference")
+    comp = compare_runs(micro, new)
+    assert not comp.only_base and not comp.only_new and len(comp.rows) == 20
 
 
 def test_other_backend_does_not_match_unless_asked():

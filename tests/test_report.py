@@ -58,6 +58,37 @@ def test_fom_table_from_a_json_dict_one_row_per_benchmark():
     assert re.search(r"\d\.\.\d", text)  # rank spread shown where ranks differ
 
 
+def _suite_like_run() -> dict:
+    """As the suite writes them: a raw reference FOM, settings in params, a checkpoint test with push/pull."""
+    run = samples.micro_run(backends=("redis",), sizes=(1024, 4096))
+    for b in run["benchmarks"]:
+        op = b["extra_info"]["simai"]["params"]["op"]
+        b["extra_info"]["simai"]["params"].update(rounds=50, raw="redis-py SET/GET of the raw buffer")
+        b["extra_info"]["fom"][f"raw_{op}_GBps"] = samples.fom(1.0, "GB/s", "higher")
+    push = samples.micro_bench("redis", "put", 38647)
+    push["name"], push["fullname"] = "test_checkpoint[redis-push-mlp]", "t.py::test_checkpoint[redis-push-mlp]"
+    push["extra_info"]["simai"]["params"] = {"op": "push", "model": "mlp", "nbytes": 38647}
+    push["extra_info"]["fom"] = {f"push{k[3:]}": v for k, v in push["extra_info"]["fom"].items()}
+    run["benchmarks"].append(push)
+    return run
+
+
+def test_tables_per_test_function_with_the_op_out_of_column_names():
+    text = _text(run=_suite_like_run())
+    assert "run: micro / test_put_get" in text and "run: micro / test_checkpoint" in text
+    header = next(line for line in text.splitlines() if "raw_GBps" in line)
+    assert "raw_put_GBps" not in text and "GBps" in header
+    assert "rounds=" not in text and "raw=" not in text  # settings and descriptions are not what was measured
+    assert "size=37.7KiB" in text and "model=mlp" in text
+
+
+def test_only_put_get_sweeps_are_plotted_against_size():
+    run = parse_run(_suite_like_run())
+    data = plots.micro_series([run], "_GBps")
+    assert list(data) == ["put", "get"]
+    assert [n for n, _ in data["put"][("run", "redis", "test_put_get")]] == [1024, 4096]
+
+
 def test_rank_spread_only_where_ranks_differ():
     run = samples.micro_run(backends=("redis",), sizes=(1024,), ops=("put",))
     text = _text(fom_table(run))
@@ -67,7 +98,7 @@ def test_rank_spread_only_where_ranks_differ():
 
 def test_print_fom_table_splits_wide_mini_tables_by_component():
     text = _text(run=samples.mini_run())
-    assert "mini / sim_train: sim_*_pct" in text and "mini / sim_train: train_*_pct" in text
+    assert "mini / test_sim_train: sim_*_pct" in text and "mini / test_sim_train: train_*_pct" in text
     assert "checkpoint" in text and "workflow_s" in text and "deployment=clustered" in text
     assert column_chunks([f"c{i}" for i in range(3)]) == [["c0", "c1", "c2"]]
     chunks = column_chunks([f"sim_{i}" for i in range(5)] + [f"train_{i}" for i in range(5)] + ["workflow_s"])
@@ -117,7 +148,7 @@ def test_plots_label_axes_with_units_and_have_legends(tmp_path, runs, monkeypatc
     assert put.get_xscale() == "log" and put.get_yscale() == "log"
     assert [t.get_text() for t in put.get_xticklabels()][:2] == ["1KiB", "16KiB"]
     legend = [t.get_text() for t in put.get_legend().get_texts()]
-    assert legend[:2] == ["filesystem", "redis"] and "raw memcpy" in legend[2]
+    assert legend[:2] == ["filesystem", "redis"] and "memcpy, one rank" in legend[2]
     lat = figures["micro_latency.png"].axes[0]
     assert "latency" in lat.get_ylabel() and "s" in lat.yaxis.get_major_formatter()(1e-4, 0)
     sim, train = figures["mini_overhead.png"].axes

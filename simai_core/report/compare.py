@@ -204,14 +204,18 @@ def _row(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, bette
     return Row(label, metric, kind, unit, better, base, new, change, worse, threshold, status, note, gating)
 
 
-def compare_benches(label: str, b: Bench, n: Bench, threshold_pct: float,
-                    fail_on: Mapping[str, float] | None, gate_stats: bool = True) -> list[Row]:
+def _no_noise(worse: float) -> str:
+    return ""
+
+
+def compare_benches(label: str, b: Bench, n: Bench, threshold_pct: float, fail_on: Mapping[str, float] | None,
+                    gate_stats: bool = True, noise_aware: bool = True) -> list[Row]:
     """Rows for one matched pair: every shared FOM, then the median and mean round times."""
     rows = []
     for name in (k for k in b.foms if k in n.foms):
         fb, fn = b.foms[name], n.foms[name]
         thr = threshold_for(name, threshold_pct, fail_on)
-        noise = partial(_fom_noise, fb, fn, b=b, n=n)
+        noise = partial(_fom_noise, fb, fn, b=b, n=n) if noise_aware else _no_noise
         rows.append(_row(label, name, "fom", fb.unit, fb.better, fb.value, fn.value, thr, noise, True))
     for name in (k for k in {**b.foms, **n.foms} if (k in b.foms) != (k in n.foms)):
         fom = b.foms.get(name) or n.foms[name]
@@ -222,7 +226,7 @@ def compare_benches(label: str, b: Bench, n: Bench, threshold_pct: float,
         if stat in b.stats and stat in n.stats:
             metric = f"time.{stat}"
             thr = threshold_for(metric, threshold_pct, fail_on)
-            noise = partial(_stat_noise, stat, b, n)
+            noise = partial(_stat_noise, stat, b, n) if noise_aware else _no_noise
             rows.append(_row(label, metric, "stat", "s", "lower", b.stats[stat], n.stats[stat], thr, noise, gate_stats))
     return rows
 
@@ -275,11 +279,14 @@ def compare_runs(
     *,
     gate_stats: bool = True,
     ignore_backend: bool = False,
+    noise_aware: bool = True,
 ) -> Comparison:
     """Compare ``new`` against ``base`` (JSON dicts or loaded runs).
 
     ``fail_on`` maps FOM names (or globs such as ``*_GBps``, or ``time.median``) to their own
-    threshold in percent. Raises :class:`ReportInputError` when no benchmark matches.
+    threshold in percent. ``gate_stats=False`` shows round times without failing on them;
+    ``noise_aware=False`` fails on any change past the threshold, noise or not.
+    Raises :class:`ReportInputError` when no benchmark matches.
     """
     base_run, new_run = as_run(base, "base"), as_run(new, "new")
     bi, ni = _index(base_run, ignore_backend), _index(new_run, ignore_backend)
@@ -292,7 +299,7 @@ def compare_runs(
     comp = Comparison(base_run.label, new_run.label, threshold_pct, warnings=machine_warnings(base_run, new_run))
     for key in matched:
         b, n = bi[key], ni[key]
-        comp.rows.extend(compare_benches(_label(b, n), b, n, threshold_pct, fail_on, gate_stats))
+        comp.rows.extend(compare_benches(_label(b, n), b, n, threshold_pct, fail_on, gate_stats, noise_aware))
     comp.only_base = [bi[k].name for k in bi if k not in ni]
     comp.only_new = [ni[k].name for k in ni if k not in bi]
     return comp

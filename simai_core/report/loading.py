@@ -18,6 +18,8 @@ from simai_core.errors import SimaiError
 from simai_core.fom import SCHEMA_VERSION, Fom, RunInfo
 
 DEFAULT_STORAGE = Path(".benchmarks")
+# Measurement settings and descriptions in simai.params: a run with more rounds still measures the same thing.
+NON_IDENTITY_PARAMS = ("rounds", "raw")
 _RUN_FILE = re.compile(r"^(\d{4})_.*\.json$")
 
 
@@ -49,6 +51,11 @@ class Bench:
         return dict(self.raw.get("params") or {})
 
     @property
+    def identity_params(self) -> dict[str, Any]:
+        """The params that say what was measured (not how many rounds, nor what the raw reference was)."""
+        return {k: v for k, v in self.params.items() if k not in NON_IDENTITY_PARAMS}
+
+    @property
     def level(self) -> str | None:
         """``micro``, ``mini`` or ``full`` (None for a plain pytest-benchmark test)."""
         return self.simai.level if self.simai else None
@@ -64,7 +71,7 @@ class Bench:
         With ``ignore_backend`` the fullname loses its ``[...]`` id (which names the backend)
         so that runs of two backends can be set side by side.
         """
-        params = json.dumps(self.params, sort_keys=True, default=str)
+        params = json.dumps(self.identity_params, sort_keys=True, default=str)
         if ignore_backend and self.simai:
             return (self.fullname.split("[", 1)[0], params)
         return (self.fullname, self.backend or "", params)

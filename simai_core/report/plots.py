@@ -20,8 +20,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, NullFormatter
 
 from simai_core.report.loading import Bench, Run
-from simai_core.report.units import sig
-from simai_core.sizes import format_size
+from simai_core.report.units import human_size, sig
 
 # One colour per event kind / overhead component, shared by the breakdown and the timeline.
 KIND_COLORS = {
@@ -31,6 +30,7 @@ KIND_COLORS = {
 OVERHEAD_ORDER = ("meta", "data", "checkpoint", "inference", "wait", "unaccounted")
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
+SWEEP_OPS = ("put", "get")
 _PCT = re.compile(r"^(sim|train)_(\w+)_pct$")
 
 
@@ -56,14 +56,20 @@ def _op(bench: Bench) -> str | None:
     return next((n.split("_", 1)[0] for n in bench.foms if n.endswith("_GBps")), None)
 
 
-def micro_series(runs: list[Run], suffix: str) -> dict[str, dict[tuple[str, str], list[tuple[int, Any]]]]:
-    """``{op: {(run label, backend): [(nbytes, Fom), ...]}}`` for the FOM ``<op><suffix>``, sizes ascending."""
-    series: dict[str, dict[tuple[str, str], list[tuple[int, Any]]]] = defaultdict(lambda: defaultdict(list))
+Series = dict[tuple[str, str, str], list[tuple[int, Any]]]  # (run label, backend, test) -> [(nbytes, Fom)]
+
+
+def micro_series(runs: list[Run], suffix: str) -> dict[str, Series]:
+    """``{op: {(run label, backend, test): [(nbytes, Fom), ...]}}`` for the FOM ``<op><suffix>``, sizes ascending.
+
+    Only the put/get sweeps: other ops with a size (checkpoint push/pull of a few models) are not a sweep.
+    """
+    series: dict[str, Series] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         for b in run.benches:
             op, nbytes = _op(b), b.params.get("nbytes")
-            if b.level == "micro" and op and isinstance(nbytes, int) and f"{op}{suffix}" in b.foms:
-                series[op][(run.label, b.backend or "-")].append((nbytes, b.foms[f"{op}{suffix}"]))
+            if b.level == "micro" and op in SWEEP_OPS and isinstance(nbytes, int) and f"{op}{suffix}" in b.foms:
+                series[op][(run.label, b.backend or "-", b.base_name)].append((nbytes, b.foms[f"{op}{suffix}"]))
     ops = sorted(series, key=lambda op: (op != "put", op))  # put before get, as data flows
     return {op: {k: sorted(v, key=lambda p: p[0]) for k, v in series[op].items()} for op in ops}
 
@@ -72,20 +78,21 @@ def _size_axis(ax: Any, sizes: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ticks = sorted(set(sizes))
     ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_size(int(v))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_size(int(v))))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("message size (bytes, binary units)")
     ax.tick_params(axis="x", labelrotation=30)
 
 
-def _draw_series(ax: Any, series: dict[tuple[str, str], list[tuple[int, Any]]], multi_run: bool) -> None:
+def _draw_series(ax: Any, series: Series, multi_run: bool) -> None:
     labels = sorted({k[0] for k in series})
-    backends = sorted({k[1] for k in series})
-    for (label, backend), points in sorted(series.items()):
+    backends = sorted({(k[1], k[2]) for k in series})
+    multi_test = len({k[2] for k in series}) > 1
+    for (label, backend, test), points in sorted(series.items()):
         x = [n for n, _ in points]
         y = [f.value for _, f in points]
-        color = f"C{backends.index(backend) % 10}"
-        name = f"{backend} ({label})" if multi_run else backend
+        color = f"C{backends.index((backend, test)) % 10}"
+        name = backend + (f" {test}" if multi_test else "") + (f" ({label})" if multi_run else "")
         run_index = labels.index(label) % len(LINESTYLES)  # style and marker tell runs apart, colour the backend
         ax.plot(x, y, marker=MARKERS[run_index], color=color, linestyle=LINESTYLES[run_index], label=name)
         # Rank spread as a band, only where the value is a per-rank quantity (not a sum over ranks).
@@ -100,7 +107,7 @@ def plot_micro(runs: list[Run], outdir: Path, kind: str) -> Plot | None:
     data = micro_series(runs, suffix)
     if not data:
         return None
-    labels = {label for series in data.values() for label, _ in series}
+    labels = {key[0] for series in data.values() for key in series}
     runs = [r for r in runs if r.label in labels]  # only the runs that have a sweep get a legend entry
     multi = len(runs) > 1
     fig, axes = plt.subplots(1, len(data), figsize=(5.5 * len(data), 4.2), squeeze=False, sharey=True,
@@ -117,11 +124,11 @@ def plot_micro(runs: list[Run], outdir: Path, kind: str) -> Plot | None:
         else:
             ax.yaxis.set_major_formatter(EngFormatter(unit="s"))
         ax.legend(fontsize="small", loc="best")
-    ylabel = "throughput (GB/s, 1 GB = 10⁹ bytes)" if kind == "throughput" else "latency per operation"
+    ylabel = "throughput (GB/s, 1 GB = 10⁹ bytes)" if kind == "throughput" else "latency per operation (s)"
     axes[0][0].set_ylabel(ylabel)
     fig.suptitle(f"Micro put/get: {title.lower()} vs message size")
     path = _save(fig, outdir / f"micro_{kind}.png")
-    caption = ("Aggregate throughput over all ranks; dashed grey: raw memcpy bandwidth of the machine."
+    caption = ("Aggregate throughput over all ranks; dashed grey: memcpy bandwidth of one rank on the machine."
                if kind == "throughput" else "Latency per operation (mean over ranks; band: slowest to fastest rank).")
     return Plot(path, f"{title} vs message size", caption)
 
@@ -133,7 +140,7 @@ def _memcpy_lines(ax: Any, runs: list[Run]) -> None:
         if isinstance(gbps, (int, float)) and gbps > 0 and gbps not in seen:
             seen.add(gbps)
             ax.axhline(gbps, color="grey", linestyle="--", linewidth=1,
-                       label=f"raw memcpy {sig(gbps)} GB/s" + (f" ({run.label})" if len(runs) > 1 else ""))
+                       label=f"memcpy, one rank: {sig(gbps)} GB/s" + (f" ({run.label})" if len(runs) > 1 else ""))
 
 
 def _mini_label(run: Run, b: Bench, multi_run: bool) -> str:

@@ -31,11 +31,13 @@ class FomGrid:
 
 
 def fom_column(bench: Bench, name: str) -> str:
-    """The column a FOM goes in: ``put_GBps`` of a put benchmark shares ``GBps`` with ``get_GBps`` of a get one."""
+    """The column a FOM goes in: the op drops out, so ``put_GBps`` and ``get_GBps`` share ``GBps``."""
     op = bench.params.get("op")
-    if isinstance(op, str) and name.startswith(op + "_"):
+    if not isinstance(op, str) or not op:
+        return name
+    if name.startswith(op + "_"):
         return name[len(op) + 1 :]
-    return name
+    return name.replace(f"_{op}_", "_", 1)  # raw_put_GBps -> raw_GBps
 
 
 def format_fom(fom: Fom) -> str:
@@ -52,7 +54,7 @@ def _sort_key(bench: Bench) -> tuple[Any, ...]:
 
 
 def _params_cell(bench: Bench) -> str:
-    params = bench.params
+    params = bench.identity_params
     if bench.simai and bench.simai.deployment and "deployment" not in params:
         params["deployment"] = bench.simai.deployment
     return format_params(params)
@@ -107,17 +109,17 @@ def column_chunks(columns: list[str], limit: int = MAX_FOM_COLUMNS) -> list[list
     return [c for c in chunks if c]
 
 
-def _group_title(run: Run, level: str | None, motif: str | None) -> str:
-    what = " / ".join(filter(None, [level or "plain pytest-benchmark", motif]))
+def _group_title(run: Run, level: str | None, test: str) -> str:
+    what = " / ".join(filter(None, [level or "plain pytest-benchmark", test]))
     return f"{run.label}: {what}"
 
 
 def fom_grids(run: Run | dict[str, Any]) -> list[FomGrid]:
-    """One grid per (level, motif), so micro sweeps and mini workflows do not share columns; wide ones split."""
+    """One grid per level and test function, so different benchmarks do not share columns; wide ones split."""
     run = as_run(run)
-    groups: dict[tuple[str | None, str | None], list[Bench]] = {}
+    groups: dict[tuple[str | None, str], list[Bench]] = {}
     for bench in run.benches:
-        groups.setdefault((bench.level, bench.simai.motif if bench.simai else None), []).append(bench)
+        groups.setdefault((bench.level, bench.base_name), []).append(bench)
     grids = []
     for key, benches in groups.items():
         chunks = column_chunks(_columns(benches))

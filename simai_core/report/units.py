@@ -16,8 +16,10 @@ def sig(x: float) -> str:
     if not math.isfinite(x):
         return "inf" if x > 0 else ("-inf" if x < 0 else "n/a")
     ax = abs(x)
-    if ax >= 1e6 or ax < 1:
+    if ax >= 1e9 or ax < 1:
         return f"{x:#.3g}".rstrip(".") if x else "0"
+    if ax >= 1000:
+        return f"{x:,.0f}"
     if ax >= 100:
         return f"{x:.0f}"
     if ax >= 10:
@@ -80,10 +82,21 @@ def format_change(pct: float | None) -> str:
     return f"{pct:+.1f} %"
 
 
+def human_size(nbytes: int) -> str:
+    """Bytes in binary units: exact where possible (64MiB), else three digits (30.2KiB)."""
+    exact = format_size(nbytes)
+    if exact.endswith("iB") or nbytes < 1024:
+        return exact
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 1024)):
+        if nbytes >= scale:
+            return f"{sig(nbytes / scale)}{unit}"
+    return exact
+
+
 def format_param(key: str, value: Any) -> str:
     """One parameter as ``key=value``, sizes (``nbytes``, ``*_bytes``) in binary units."""
     if (key == "nbytes" or key.endswith("_bytes")) and isinstance(value, int) and not isinstance(value, bool):
-        return f"size={format_size(value)}" if key == "nbytes" else f"{key}={format_size(value)}"
+        return f"size={human_size(value)}" if key == "nbytes" else f"{key}={human_size(value)}"
     return f"{key}={value}"
 
 
