@@ -155,12 +155,14 @@ def test_plots_label_axes_with_units_and_have_legends(tmp_path, runs, monkeypatc
     assert "%" in sim.get_xlabel() and (sim.get_title(), train.get_title()) == ("simulation", "training")
     assert sim.get_yticklabels()[0].get_text() == "redis / colocated / mlp / heat2d"
     overhead_legend = [t.get_text() for t in figures["mini_overhead.png"].legends[0].get_texts()]
-    assert overhead_legend == ["meta", "data", "checkpoint", "inference", "unaccounted"]
+    # Not the *_overhead_pct total (it would count the parts twice) nor compute (written next to the bar).
+    assert overhead_legend == ["meta", "data", "checkpoint", "inference", "wait", "unaccounted"]
+    assert sim.texts[0].get_text() == " 17.3 % (compute 82.7 %)"
     ax = figures["t.png"].axes[0]
     assert "(s)" in ax.get_xlabel()
     assert [t.get_text() for t in ax.get_yticklabels()] == ["sim rank 0", "sim rank 1", "train rank 0"]
     kinds = [t.get_text() for t in figures["t.png"].legends[0].get_texts()]
-    assert kinds == ["step", "epoch", "meta", "data", "checkpoint", "inference", "wait"]
+    assert kinds == ["epoch", "step", "compute", "meta", "data", "checkpoint", "inference", "wait"]
 
 
 def test_missing_pieces_are_skipped_with_a_line(tmp_path, runs):

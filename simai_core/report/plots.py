@@ -24,10 +24,12 @@ from simai_core.report.units import human_size, sig
 
 # One colour per event kind / overhead component, shared by the breakdown and the timeline.
 KIND_COLORS = {
-    "step": "#9ecae1", "epoch": "#a1d99b", "meta": "#756bb1", "data": "#fd8d3c", "checkpoint": "#d62728",
+    "step": "#9ecae1", "compute": "#6baed6", "epoch": "#c7e9c0", "meta": "#756bb1", "data": "#fd8d3c", "checkpoint": "#d62728",
     "inference": "#2ca02c", "wait": "#bdbdbd", "unaccounted": "#636363",
 }
 OVERHEAD_ORDER = ("meta", "data", "checkpoint", "inference", "wait", "unaccounted")
+# Timeline bar heights of the kinds that span others (an epoch holds compute and data sections).
+LANE_HEIGHTS = {"epoch": 0.9, "step": 0.7, "compute": 0.7}
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D")
 SWEEP_OPS = ("put", "get")
@@ -159,7 +161,8 @@ def overhead_data(runs: list[Run]) -> list[tuple[str, dict[str, dict[str, float]
             parts: dict[str, dict[str, float]] = defaultdict(dict)
             for name, f in b.foms.items():
                 m = _PCT.match(name)
-                if m and b.level == "mini":
+                # *_overhead_pct is the sum of the coupling parts: stacking it too would count them twice.
+                if m and b.level == "mini" and m.group(2) != "overhead":
                     parts[m.group(1)][m.group(2)] = f.value
             if parts:
                 rows.append((run, b, dict(parts)))
@@ -172,7 +175,7 @@ def plot_overhead(runs: list[Run], outdir: Path) -> Plot | None:
     data = overhead_data(runs)
     if not data:
         return None
-    names = {k for _, parts in data for comp in parts.values() for k in comp}
+    names = {k for _, parts in data for comp in parts.values() for k in comp} - {"compute"}
     order = [k for k in OVERHEAD_ORDER if k in names] + sorted(names - set(OVERHEAD_ORDER))
     comps = [c for c in ("sim", "train") if any(c in parts for _, parts in data)]
     fig, axes = plt.subplots(1, len(comps), figsize=(6 * len(comps), 2.2 + 0.5 * len(data)), squeeze=False,
@@ -185,9 +188,11 @@ def plot_overhead(runs: list[Run], outdir: Path) -> Plot | None:
             color = KIND_COLORS.get(kind, f"C{i % 10}")
             ax.barh(y, widths, left=left, color=color, label=kind, edgecolor="white", linewidth=0.5)
             left = [a + w for a, w in zip(left, widths, strict=True)]
-        for yi, total in zip(y, left, strict=True):
-            ax.text(total, yi, f" {sig(total)} %", va="center", fontsize="small")
-        ax.set_xlim(0, max([*left, 1.0]) * 1.18)
+        for yi, total, (_, parts) in zip(y, left, data, strict=True):
+            compute = parts.get(comp, {}).get("compute")
+            rest = f" (compute {sig(compute)} %)" if compute is not None else ""
+            ax.text(total, yi, f" {sig(total)} %{rest}", va="center", fontsize="small")
+        ax.set_xlim(0, max([*left, 1.0]) * 1.6)  # room for the totals
         ax.set_title({"sim": "simulation", "train": "training"}[comp])
         ax.set_xlabel("overhead (% of the component's wall time)")
         ax.grid(True, axis="x", alpha=0.3)
@@ -224,19 +229,18 @@ def plot_timeline(events: list[dict[str, Any]], path: Path, title: str, max_rank
         by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for e in mine:
             by_kind[str(e.get("kind"))].append((e["t0_s"], max(e["dt_s"], min_width)))
-        for kind, spans in sorted(by_kind.items(), key=lambda kv: kv[0] not in ("step", "epoch")):
-            # Steps and epochs fill the lane; transfers etc. sit on top, narrower, so nesting shows.
-            full = kind in ("step", "epoch")
-            height = 0.8 if full else 0.45
+        for kind, spans in sorted(by_kind.items(), key=lambda kv: -LANE_HEIGHTS.get(kv[0], 0.4)):
+            # Epochs fill the lane, compute steps a little less, transfers etc. sit on top, narrower: nesting shows.
+            height = LANE_HEIGHTS.get(kind, 0.4)
             ax.broken_barh(spans, (lane_index - height / 2, height), color=KIND_COLORS.get(kind, "black"),
-                           alpha=0.7 if full else 1.0)
+                           alpha=0.7 if kind in LANE_HEIGHTS else 1.0)
             if kind not in kinds_seen:
                 kinds_seen.append(kind)
     ax.set_yticks(range(len(lanes)), [f"{c} rank {r}" for c, r in lanes])
     ax.invert_yaxis()
     ax.set_xlabel("time since workflow start (s)")
     ax.grid(True, axis="x", alpha=0.3)
-    order = [k for k in ("step", "epoch", *OVERHEAD_ORDER) if k in kinds_seen] + [k for k in kinds_seen
+    order = [k for k in (*LANE_HEIGHTS, *OVERHEAD_ORDER) if k in kinds_seen] + [k for k in kinds_seen
                                                                                  if k not in KIND_COLORS]
     fig.legend(handles=[Patch(color=KIND_COLORS.get(k, "black"), label=k) for k in order],
                loc="outside lower center", ncol=len(order))
