@@ -7,6 +7,7 @@ User errors print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,6 +132,13 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _console() -> Console:
+    """Stdout console; piped into a CI log (no terminal, no COLUMNS) it is 160 wide, not rich's 80."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        return Console()
+    return Console(width=160)
+
+
 COMMANDS = {"compare": cmd_compare, "report": cmd_report, "show": cmd_show}
 
 
@@ -138,7 +146,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     """Run ``simai-bench`` with ``argv`` (default: the process's); return the exit code."""
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args, console or Console())
+        return COMMANDS[args.command](args, console or _console())
     except UsageError as exc:
         print(f"simai-bench: error: {exc}", file=sys.stderr)
     except SimaiError as exc:
