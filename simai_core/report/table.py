@@ -44,7 +44,7 @@ def format_fom(fom: Fom) -> str:
     """A FOM value with unit, followed by its rank spread when the ranks disagree."""
     text = format_value(fom.value, fom.unit)
     if fom.ranks.min != fom.ranks.max:
-        text += f" ({format_range(fom.ranks.min, fom.ranks.max, fom.unit)})"
+        text += f" (ranks {format_range(fom.ranks.min, fom.ranks.max, fom.unit)})"  # per rank, even for sums
     return text
 
 
@@ -132,12 +132,13 @@ def _fom_cell(text: str) -> Text:
     value, sep, spread = text.partition(" (")
     cell = Text(value)
     if sep:  # the rank spread on its own line, dimmed: the value is what people scan for
-        cell.append("\n" + spread.rstrip(")").replace(" %", ""), style="dim")
+        cell.append("\n" + spread.rstrip(")").removeprefix("ranks ").replace(" %", ""), style="dim")
     return cell
 
 
 def _rich(g: FomGrid) -> Table:
-    table = Table(title=Text(g.title), title_justify="left")
+    table = Table(title=Text(g.title), title_justify="left", caption="dim: FOM range over ranks (min..max)",
+                  caption_justify="left")
     for i, header in enumerate(g.headers):
         fixed = i < len(_FIXED)
         table.add_column(Text(header), justify="left" if fixed else "right", overflow="fold", no_wrap=fixed)
