@@ -72,6 +72,10 @@ def write_sidecar(config: pytest.Config, nodeid: str, result: WorkflowResult, tm
 @pytest.mark.parametrize("deployment", ["clustered", "colocated"])
 def test_online_training(benchmark, backend, staging, staging_pool, simai_run, simai_profile, pytestconfig,
                          request, tmp_path, deployment, model):
+    pytest.importorskip("torch")
+    pytest.importorskip("mpipartition")
+    if model == "gnn":
+        pytest.importorskip("torch_geometric")
     cfg = motif6_config(pytestconfig, deployment, model)
     world = mpi.world()
     shared = staging_pool.address(backend)

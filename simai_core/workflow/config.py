@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simai_core.models.config import MLPConfig, ModelConfig
 
@@ -99,6 +99,15 @@ class WorkflowConfig(BaseModel):
     peer_timeout_s: float = Field(60.0, gt=0, description="Deadline for a silent peer (no heartbeat) before failing")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Minimum time between heartbeat writes")
     finish_timeout_s: float = Field(120.0, gt=0, description="Deadline for the trainer to finish after the stop signal")
+
+    @model_validator(mode="after")
+    def _deadlines_fit(self) -> WorkflowConfig:
+        # The simulation beats between steps: a step longer than the deadline would look like a death.
+        beat_gap = self.simulation.step_time_s + self.heartbeat_interval_s
+        if self.peer_timeout_s <= beat_gap:
+            raise ValueError(f"peer_timeout_s ({self.peer_timeout_s:g}) must exceed step_time_s + heartbeat_interval_s "
+                             f"({beat_gap:g}): a live simulation would be declared dead between heartbeats")
+        return self
 
     @property
     def model_kind(self) -> str:

@@ -74,6 +74,7 @@ class WorkflowResult(BaseModel):
         sims = [r for r in self.reports if r.component == "sim"]
         trainers = [r for r in self.reports if r.component == "train"]
         out: dict[str, Any] = {"mode": self.mode, "sim_ranks": len(sims), "trainer_ranks": len(trainers),
+                               "staging_scopes": len({r.scope for r in self.reports}),
                                "trainer_process": "subprocess" if self.mode == "serial" else "mpi_ranks"}
         for key in ("graph_builder", "graph_edges"):
             if key in sims[0].detail:

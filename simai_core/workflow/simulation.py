@@ -164,12 +164,12 @@ class Simulation:
         from simai_core.workflow import checkpoint
 
         if version > self.loaded_version:
-            with self.acc.section("checkpoint", version=version) as ev:
+            with self.acc.section("checkpoint", version=version, what="fetch") as ev:
                 blob = self.client.get_bytes(self.keys.model)
                 ev["nbytes"] = len(blob) if blob is not None else None
             if blob is None:
                 raise WorkflowError(f"the trainer announced checkpoint {version} but {self.keys.model!r} is missing")
-            with self.acc.section("checkpoint", record=False):
+            with self.acc.section("checkpoint", version=version, what="load"):
                 self.model = checkpoint.from_bytes(blob)
             self.loaded_version = version
         n_in = self.problem.n_in

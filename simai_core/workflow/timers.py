@@ -96,6 +96,11 @@ class Accounting:
             if record and self.record_events:
                 self._record(event or category, t0, dt, nbytes, info)
 
+    def event(self, kind: str, t0_perf: float, dt_s: float, nbytes: int | None = None, **info: Any) -> None:
+        """Record an event spanning several sections (an epoch split by heartbeats); no time is added."""
+        if self.record_events:
+            self._record(kind, t0_perf, dt_s, nbytes, info)
+
     def _record(self, kind: str, t0: float, dt: float, nbytes: int | None, info: dict[str, Any]) -> None:
         self.events.append(
             {

@@ -180,26 +180,40 @@ class Trainer:
         self._beat()
 
     def _train_epoch(self) -> None:
+        """One pass over the window; long epochs pause for heartbeats so the simulation knows we are alive."""
         loss_fn = torch.nn.functional.mse_loss
-        with self.acc.section("compute", event="epoch", epoch=self.epoch) as ev:
-            total, count = 0.0, 0
-            for x, edge_index, pos, y in self.batches.epoch():
-                self.opt.zero_grad(set_to_none=True)
-                loss = loss_fn(self.ddp(x, edge_index, pos), y)
-                loss.backward()
-                self.opt.step()
-                total, count = total + float(loss.detach()), count + 1
-            self.last_loss = total / max(count, 1)
-            ev.update(loss=self.last_loss, batches=count, steps_in_window=len(self.window))
+        t0, compute_s = time.perf_counter(), 0.0
+        total, count = 0.0, 0
+        batches = self.batches.epoch()
+        while True:
+            with self.acc.section("compute", record=False):
+                c0 = time.perf_counter()
+                for x, edge_index, pos, y in batches:
+                    self.opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(self.ddp(x, edge_index, pos), y)
+                    loss.backward()
+                    self.opt.step()
+                    total, count = total + float(loss.detach()), count + 1
+                    if self.role.is_head and self.heartbeat.due():
+                        break
+                else:
+                    batches = None
+                compute_s += time.perf_counter() - c0
+            if batches is None:
+                break
+            self._beat()
+        self.last_loss = total / max(count, 1)
+        self.acc.event("epoch", t0, compute_s, epoch=self.epoch, loss=self.last_loss, batches=count,
+                       steps_in_window=len(self.window))
         self.epoch += 1
 
     def _checkpoint(self) -> None:
         self.version += 1
         if not self.role.is_head:
             return
-        with self.acc.section("checkpoint", record=False):
+        with self.acc.section("checkpoint", version=self.version, what="serialize"):
             blob = checkpoint.to_bytes(self.scripted)
-        with self.acc.section("checkpoint", nbytes=len(blob), version=self.version):
+        with self.acc.section("checkpoint", nbytes=len(blob), version=self.version, what="put"):
             self.client.put_bytes(self.keys.model, blob)
         with self.acc.section("meta"):
             self.heartbeat.write([self.version, self.epoch, 0], force=True)
