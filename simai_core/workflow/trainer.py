@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -181,31 +182,34 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         """One pass over the window; long epochs pause for heartbeats so the simulation knows we are alive."""
-        loss_fn = torch.nn.functional.mse_loss
         t0, compute_s = time.perf_counter(), 0.0
-        total, count = 0.0, 0
+        sums = [0.0, 0.0]  # loss total, batches
         batches = self.batches.epoch()
-        while True:
+        done = False
+        while not done:
             with self.acc.section("compute", record=False):
                 c0 = time.perf_counter()
-                for x, edge_index, pos, y in batches:
-                    self.opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(self.ddp(x, edge_index, pos), y)
-                    loss.backward()
-                    self.opt.step()
-                    total, count = total + float(loss.detach()), count + 1
-                    if self.role.is_head and self.heartbeat.due():
-                        break
-                else:
-                    batches = None
+                done = self._train_until_heartbeat(batches, sums)
                 compute_s += time.perf_counter() - c0
-            if batches is None:
-                break
-            self._beat()
-        self.last_loss = total / max(count, 1)
-        self.acc.event("epoch", t0, compute_s, epoch=self.epoch, loss=self.last_loss, batches=count,
+            if not done:
+                self._beat()
+        self.last_loss = sums[0] / max(sums[1], 1.0)
+        self.acc.event("epoch", t0, compute_s, epoch=self.epoch, loss=self.last_loss, batches=int(sums[1]),
                        steps_in_window=len(self.window))
         self.epoch += 1
+
+    def _train_until_heartbeat(self, batches: Iterator[tuple[torch.Tensor, ...]], sums: list[float]) -> bool:
+        """Train on ``batches`` until they run out (True) or a head's heartbeat is due (False)."""
+        for x, edge_index, pos, y in batches:
+            self.opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(self.ddp(x, edge_index, pos), y)
+            loss.backward()
+            self.opt.step()
+            sums[0] += float(loss.detach())
+            sums[1] += 1
+            if self.role.is_head and self.heartbeat.due():
+                return False
+        return True
 
     def _checkpoint(self) -> None:
         self.version += 1
