@@ -141,3 +141,24 @@ def test_failed_simulation_fails_every_trainer_rank(shared_files):
         publish_error(client, Keys(cfg.run_id), "sim", "RuntimeError on sim rank 0: simulated crash")
     comm.Barrier()
     role.comm.Free()
+
+
+def test_colocated_runs_get_a_node_local_server(shared_files, tmp_path):
+    from pathlib import Path
+
+    from simai_core.workflow.driver import colocated_address
+
+    _, shared = shared_files
+    comm = mpi.world()
+    profile = load_profile("local")
+    with colocated_address("filesystem", shared, comm, profile, tmp_path) as address:
+        assert address == shared  # one node: the shared server is node-local already
+    with colocated_address("filesystem", shared, comm, profile, tmp_path, force_per_node=True) as address:
+        addresses = comm.allgather(address)
+        assert address != shared and len(set(addresses)) == 1 and Path(address).is_dir()
+        client = registry.connect("filesystem", address)
+        client.put_tensor(f"k{comm.rank}", np.arange(3))
+        client.close()
+        comm.Barrier()
+    comm.Barrier()  # the node's first rank stops the server on leaving the block
+    assert not Path(address).exists(), "the per-node server is stopped when the block ends"
