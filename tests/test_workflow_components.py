@@ -61,22 +61,12 @@ def test_split_count():
         split_count(1, 0.5)
 
 
-class FakeComm:
-    """Stands in for an MPI communicator in the pure table logic (only the rank is read)."""
-
-    def __init__(self, rank: int) -> None:
-        self._rank = rank
-
-    def Get_rank(self) -> int:
-        return self._rank
-
-
 def test_trainers_own_disjoint_sim_ranks_per_scope():
     # Two nodes (scopes), each with 3 simulation ranks and 2 trainer ranks.
     table = []
     for scope in range(2):
         table += [("sim", scope, 3 * scope + i) for i in range(3)] + [("train", scope, 2 * scope + i) for i in range(2)]
-    roles = [_role_from_table(table, w, FakeComm(table[w][2]), 0) for w in range(len(table))]
+    roles = [_role_from_table(table, w, None, 0) for w in range(len(table))]
     trainers = [r for r in roles if r.component == "train"]
     assert [r.owned for r in trainers] == [(0, 2), (1,), (3, 5), (4,)]
     assert all(r.max_owned == 2 for r in roles)
@@ -87,7 +77,7 @@ def test_trainers_own_disjoint_sim_ranks_per_scope():
 def test_more_trainers_than_sim_ranks_is_refused():
     table = [("sim", 0, 0), ("train", 0, 0), ("train", 0, 1)]
     with pytest.raises(LayoutError, match="lower the trainer share"):
-        _role_from_table(table, 1, FakeComm(0), 0)
+        _role_from_table(table, 1, None, 0)
 
 
 def test_window_keeps_the_newest_steps_and_batches_agree():

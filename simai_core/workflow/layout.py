@@ -31,6 +31,7 @@ class Role:
 
     component: Component
     comm: Any
+    rank: int = 0
     scope: int = 0
     is_head: bool = True
     owned: tuple[int, ...] = ()
@@ -40,11 +41,6 @@ class Role:
     world_rank: int = 0
     node: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rank(self) -> int:
-        """Rank in the component communicator."""
-        return int(self.comm.Get_rank())
 
 
 def split_count(n: int, fraction: float) -> int:
@@ -98,12 +94,12 @@ def _role_from_table(table: list[tuple[str, int, int]], world_rank: int, comm: A
     scopes = {s for _, s, _ in table}
     max_owned = max(-(-sum(1 for c, s2, _ in table if c == "sim" and s2 == s)
                       // sum(1 for c, s2, _ in table if c == "train" and s2 == s)) for s in scopes)
-    return Role(component="sim" if component == "sim" else "train", comm=comm, scope=scope, is_head=index == 0, owned=owned,
-                max_owned=max_owned, sim_size=sum(1 for c, _, _ in table if c == "sim"),
+    return Role(component="sim" if component == "sim" else "train", comm=comm, rank=rank, scope=scope,
+                is_head=index == 0, owned=owned, max_owned=max_owned, sim_size=sum(1 for c, _, _ in table if c == "sim"),
                 local_index=index, world_rank=world_rank, node=node,
                 detail={"scopes": len(scopes), "scope_sim_ranks": len(sims), "scope_trainer_ranks": len(trainers)})
 
 
 def serial_role(component: Component, comm: Any) -> Role:
     """The role of a component that runs alone in its own process (one rank, one scope)."""
-    return Role(component="sim" if component == "sim" else "train", comm=comm, owned=(0,) if component == "train" else ())
+    return Role(component=component, comm=comm, rank=int(comm.Get_rank()), owned=(0,) if component == "train" else ())
