@@ -1,0 +1,467 @@
+"""SmartSim backend: a real SmartSim Orchestrator (or colocated DB) and the real SmartRedis client.
+
+Server: ``Experiment`` + ``Orchestrator`` ("clustered") or a ``Model`` with ``colocate_db_tcp``
+("colocated": a DB beside a node's ranks, started by its first rank); launcher and interface from
+the profile. SmartSim always loads a RedisAI module: a real one when installed, else the stand-in
+``native/sstensor`` (storage only); ``detail()["redisai"]`` says which. Traps handled (see
+/work/shared/notes/platform-smartsim.md): binaries *copied* into ``smartsim/_core/bin`` (Debian's
+redis-server is a symlink SmartSim resolves to redis-check-rdb), telemetry off, Redis >= 7,
+numpy < 2, SmartSim's leaked log files, a colocated DB that survives ``exp.stop``.
+
+Client: ``smartredis.Client(address=..., cluster=False)``. What SmartRedis carries (8 dtypes,
+>= 1 dim, non-empty, <= CHUNK_BYTES) is one ``put_tensor``/``get_tensor``; anything else is a
+SmartRedis Dataset of uint8 chunks with dtype and shape as metadata. Blobs are uint8 tensors, not
+``set_model`` (a real RedisAI would try to load a checkpoint as a model). ``clean`` uses redis-py
+SCAN on the same server: SmartRedis cannot list keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy
+
+CHUNK_BYTES = 256 * 2**20  # under Redis's 512 MB bulk-string limit
+SSTENSOR_DIR = Path(__file__).resolve().parents[2] / "native" / "sstensor"
+SSTENSOR_SO = SSTENSOR_DIR / "build" / "sstensor.so"
+INSTALL_HINT = "install it with `pip install -e '.[smartsim]'` (smartsim==0.8.0, smartredis==0.6.1) or `make setup`"
+_NATIVE = {np.dtype(d) for d in ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16")}
+_START_TIMEOUT_S = 60.0
+
+
+# ---------------------------------------------------------------- availability and environment
+def check_available(name: str = "smartsim") -> None:
+    """Raise :class:`BackendUnavailableError` naming what to install when anything is missing."""
+    try:
+        import smartredis  # noqa: F401
+        import smartsim  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError(f"Backend {name!r} needs {exc.name or exc}: {INSTALL_HINT}") from None
+    if int(np.__version__.split(".")[0]) >= 2:
+        raise BackendUnavailableError(f"Backend {name!r}: SmartSim 0.8.0 needs numpy < 2 (found {np.__version__}): "
+                                      "pip install 'numpy<2'")
+    server = shutil.which("redis-server")
+    if server is None:
+        raise BackendUnavailableError(f"Backend {name!r} needs redis-server >= 7: apt-get install redis-server "
+                                      "(`make setup` does it as root)")
+    if int(redis_version(str(Path(server).resolve())).split(".")[0]) < 7:
+        raise BackendUnavailableError(f"Backend {name!r}: SmartSim passes --bind-source-addr, which needs "
+                                      f"redis-server >= 7 ({server} is older)")
+    if redisai_path() is None and not SSTENSOR_SO.is_file() and shutil.which(os.environ.get("CC", "gcc")) is None:
+        raise BackendUnavailableError(f"Backend {name!r} needs RedisAI or the sstensor stand-in, built with gcc: "
+                                      "apt-get install gcc; bash native/sstensor/build.sh")
+
+
+@cache
+def redis_version(server: str) -> str:
+    """Version of a redis-server binary, run as argv[0] redis-server (Redis picks its mode from it)."""
+    out = subprocess.run(["redis-server", "--version"], executable=server, capture_output=True, text=True).stdout
+    return next((w[2:] for w in out.split() if w.startswith("v=")), "0")
+
+
+def core_dir() -> Path:
+    """SmartSim's ``_core`` directory (bin/, lib/, config/)."""
+    import smartsim
+
+    return Path(smartsim.__file__).resolve().parent / "_core"
+
+
+def redisai_path() -> Path | None:
+    """A real RedisAI: $RAI_PATH (unless it is the stand-in) or the one `smart build` installs."""
+    env = os.environ.get("RAI_PATH")
+    if env and Path(env).is_file() and Path(env).resolve() != SSTENSOR_SO.resolve():
+        return Path(env)
+    installed = core_dir() / "lib" / "redisai.so"
+    return installed if installed.is_file() else None
+
+
+def build_sstensor() -> Path:
+    """Build the stand-in module when stale (build.sh is idempotent) and return its path."""
+    result = subprocess.run(["bash", str(SSTENSOR_DIR / "build.sh")], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackendUnavailableError(f"Building the sstensor stand-in failed:\n{result.stderr.strip()}")
+    return SSTENSOR_SO
+
+
+def install_redis_binaries() -> Path:
+    """Copy redis-server and redis-cli, as regular files under those names, into SmartSim's _core/bin."""
+    bin_dir = core_dir() / "bin"
+    try:
+        bin_dir.mkdir(exist_ok=True)
+        for name in ("redis-server", "redis-cli"):
+            source = Path(shutil.which(name) or f"/usr/bin/{name}").resolve()  # Debian: a symlink
+            target = bin_dir / name
+            if target.is_file() and not target.is_symlink() and target.stat().st_size == source.stat().st_size:
+                continue
+            tmp = bin_dir / f".{name}.{os.getpid()}"
+            shutil.copy2(source, tmp)
+            os.replace(tmp, target)  # atomic: concurrent ranks never run half a binary
+    except OSError as exc:
+        raise BackendUnavailableError(f"Cannot install redis binaries into {bin_dir}: {exc}. {INSTALL_HINT}") from None
+    return bin_dir
+
+
+def prepare_environment() -> tuple[Path, str]:
+    """Set what SmartSim and SmartRedis read from the environment; return (RedisAI module, kind)."""
+    os.environ["SMARTSIM_FLAG_TELEMETRY"] = "0"  # the monitor outlives runs: never wanted in a benchmark
+    os.environ.setdefault("SMARTSIM_JM_INTERVAL", "1")  # job-manager polling period (default 10 s)
+    os.environ.setdefault("SMARTSIM_LOG_LEVEL", "warning")
+    quiet_smartredis()
+    install_redis_binaries()
+    real = redisai_path()
+    module, kind = (real, "redisai") if real else (build_sstensor(), "stand-in")
+    os.environ["RAI_PATH"] = str(module)  # read by Orchestrator() and colocate_db_tcp()
+    return module, kind
+
+
+def quiet_smartredis() -> None:
+    """SmartRedis logs every error it raises (a missing key, say) to stdout unless told otherwise."""
+    os.environ.setdefault("SR_LOG_LEVEL", "QUIET")
+    os.environ.setdefault("SR_LOG_FILE", os.devnull)
+
+
+# ---------------------------------------------------------------- registry entry points
+def make_server(*args: Any, deployment: str = "clustered", db_nodes: int = 1) -> SmartSimServer:
+    """A (not started) server from ``(name, profile, workdir)`` or ``(profile, workdir)``.
+
+    ``deployment``: "clustered" (an Orchestrator) or "colocated" (a DB beside this node's ranks).
+    """
+    profile, workdir = args[-2], Path(args[-1])
+    staging = getattr(profile, "staging", None)
+    return SmartSimServer(workdir, launcher=getattr(profile, "launcher", "local"),
+                          interface=getattr(staging, "network_interface", "lo"),
+                          memory_bytes=getattr(staging, "memory_bytes", 4 * 2**30), deployment=deployment,
+                          db_nodes=db_nodes)
+
+
+def connect(*args: str) -> SmartSimClient:
+    """A SmartRedis client for ``host:port``, from ``(name, address)`` or ``(address)``."""
+    return SmartSimClient(args[-1])
+
+
+def raw_reference(*args: str) -> RawReference:
+    """redis-py SET/GET of the raw buffer on the same server."""
+    from simai_core.staging.redis import RedisRaw
+
+    return RedisRaw(f"redis://{args[-1]}")
+
+
+# ---------------------------------------------------------------- server
+@contextmanager
+def _smartsim_calls() -> Iterator[None]:
+    # SmartSim's local launcher opens each job's .out/.err and never closes them: a ResourceWarning
+    # as the call returns, which this project's pytest settings turn into errors.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        yield
+
+
+class SmartSimServer(StagingServer):
+    """A SmartSim-launched DB with the RedisAI module (or the stand-in); ``stop`` leaves nothing behind."""
+
+    backend = "smartsim"
+
+    def __init__(self, workdir: Path, launcher: str = "local", interface: str = "lo", memory_bytes: int = 4 * 2**30,
+                 deployment: str = "clustered", db_nodes: int = 1) -> None:
+        if deployment not in ("clustered", "colocated"):
+            raise ValueError(f"deployment must be 'clustered' or 'colocated', not {deployment!r}")
+        self.workdir, self.launcher, self.interface = Path(workdir), launcher, interface
+        self.memory_bytes, self.deployment, self.db_nodes = memory_bytes, deployment, db_nodes
+        self.port, self._address = 0, ""
+        self._exp: Any = None
+        self._entity: Any = None
+        self._module: tuple[Path, str] | None = None
+        self.exp_path = self.workdir / "smartsim"  # the SmartSim experiment directory
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def start(self) -> None:
+        try:
+            with _smartsim_calls():
+                self._launch()
+        except BaseException:  # KeyboardInterrupt too: a half-started DB must not survive
+            self.stop()
+            raise
+
+    def _launch(self) -> None:
+        self._module = prepare_environment()
+        from smartsim import Experiment
+
+        self.exp_path.mkdir(parents=True, exist_ok=True)
+        from smartsim._core.utils.network import get_ip_from_interface
+
+        host = "127.0.0.1" if self.interface == "lo" else str(get_ip_from_interface(self.interface))
+        with socket.socket() as s:
+            s.bind((host, 0))
+            self.port = int(s.getsockname()[1])
+        self._exp = Experiment(f"simai-{self.port}", exp_path=str(self.exp_path), launcher=self.launcher)
+        if self.deployment == "clustered":
+            self._start_orchestrator()
+        else:
+            self._start_colocated(host)
+
+    def _start_orchestrator(self) -> None:
+        from smartsim.database import Orchestrator
+
+        try:
+            db = Orchestrator(path=str(self.exp_path / "db"), port=self.port, interface=self.interface,
+                              launcher=self.launcher, db_nodes=self.db_nodes)
+        except Exception as exc:
+            if "multiple database shards" not in str(exc):
+                raise
+            raise BackendUnavailableError(
+                f"SmartSim's local launcher starts single-shard Orchestrators only (db_nodes={self.db_nodes} asked): "
+                "use db_nodes=1 here, or a batch launcher (pbs/slurm/pals) in the machine profile") from exc
+        self._entity = db
+        self._exp.start(db, block=True)
+        self._address = db.get_address()[0]
+        db.set_max_memory(str(self.memory_bytes))  # SmartSim's own CONFIG SET helpers
+        db.set_eviction_strategy("noeviction")
+
+    def _start_colocated(self, host: str) -> None:
+        # SmartSim colocates a DB with a Model it launches. This node's ranks are started by
+        # mpiexec, not by SmartSim, so the Model is a placeholder process that holds the node's DB.
+        settings = self._exp.create_run_settings(exe=shutil.which("sleep") or "sleep", exe_args=["infinity"])
+        model = self._exp.create_model("node_db_holder", settings, path=str(self.exp_path / "holder"))
+        model.colocate_db_tcp(port=self.port, ifname=self.interface, db_cpus=1,
+                              maxmemory=str(self.memory_bytes), maxmemory_policy="noeviction")
+        self._entity = model
+        self._exp.start(model, block=False)
+        self._address = f"{host}:{self.port}"
+        from smartsim.status import TERMINAL_STATUSES
+
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not _redis_call(self._address, "ping"):
+            if self._exp.get_status(model)[0] in TERMINAL_STATUSES or time.monotonic() > deadline:
+                err = self.exp_path / "holder" / "node_db_holder.err"
+                raise RuntimeError(f"SmartSim's colocated DB did not answer on {self._address} within "
+                                   f"{_START_TIMEOUT_S:g} s: {err.read_text() if err.exists() else ''}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        exp, entity, self._exp, self._entity = self._exp, self._entity, None, None
+        if exp is None:
+            return
+        try:
+            if self.deployment == "colocated" and self._address:
+                _redis_call(self._address, "shutdown", nosave=True)  # exp.stop kills the holder, not its DB
+            if entity is not None:
+                with _smartsim_calls():
+                    exp.stop(entity)
+        except Exception:  # whatever SmartSim says, the sweep below still runs
+            pass
+        finally:
+            terminate(our_processes(self.port))
+
+    def detail(self) -> dict[str, Any]:
+        import smartsim
+
+        module, kind = self._module or (None, "unknown")
+        store = "RedisAI" if kind == "redisai" else "sstensor stand-in, not RedisAI (no server-side inference)"
+        return {"redisai": kind, "tensor_store": store, "rai_path": str(module) if module else None,
+                "smartsim": smartsim.__version__, "smartredis": metadata.version("smartredis"),
+                "redis_server": redis_version(str(core_dir() / "bin" / "redis-server")),
+                "launcher": self.launcher, "interface": self.interface,
+                "deployment": self.deployment, "db_nodes": self.db_nodes, "maxmemory_bytes": self.memory_bytes,
+                "telemetry": os.environ.get("SMARTSIM_FLAG_TELEMETRY") == "1",
+                "client": "smartredis.Client(cluster=False); clean() via redis-py SCAN"}
+
+
+def _redis_call(address: str, method: str, **kwargs: Any) -> Any:
+    """One redis-py call to ``address``; None when the server does not answer."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    host, port = address.rsplit(":", 1)
+    try:  # no retries: a refused connection (not up yet, or shut down) is an answer here
+        with redis.Redis(host=host, port=int(port), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)) as r:
+            return getattr(r, method)(**kwargs)
+    except redis.RedisError:
+        return None
+
+
+def our_processes(port: int) -> list[int]:
+    """Live processes of this user that SmartSim started for ``port``: the DB and its entrypoint."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.stat().st_uid != os.getuid() or not _alive(int(proc.name)):
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") + " "
+        except (OSError, ValueError):
+            continue
+        if ("redis-server" in cmd and f":{port} " in cmd) or ("smartsim" in cmd and f"+port={port} " in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+def terminate(pids: list[int], grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``, the given processes (ours, found by port)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            time.sleep(0.02)
+        if not pids:
+            return
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (state Z, after the pid's name in parentheses) has already exited
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+# ---------------------------------------------------------------- client
+def _missing(exc: Exception) -> bool:
+    return "key is empty" in str(exc) or "does not exist" in str(exc)
+
+
+class SmartSimClient(StagingClient):
+    """Staging client over one SmartRedis connection (plus redis-py for ``clean``)."""
+
+    backend = "smartsim"
+
+    def __init__(self, address: str) -> None:
+        quiet_smartredis()
+        from smartredis import Client
+
+        self.address = address
+        self._sr: Any = Client(address=address, cluster=False, logger_name="simai")
+        self._redis: Any = None
+
+    def put_tensor(self, key: str, array: ArrayLike) -> None:
+        self._put(key, as_numpy(array), "tensor")
+
+    def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        arr = self._get(key)
+        if arr is None or out is None:
+            return arr
+        if out.dtype != arr.dtype or out.shape != arr.shape or not out.flags.c_contiguous:
+            raise ValueError(f"{key!r} holds {arr.dtype}{list(arr.shape)}; `out` is {out.dtype}{list(out.shape)}"
+                             f"{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
+        np.copyto(out, arr)  # SmartRedis 0.6.1's Python API has no unpack_tensor
+        return out
+
+    def put_bytes(self, key: str, data: bytes | memoryview) -> None:
+        self._put(key, np.frombuffer(memoryview(data).cast("B"), np.uint8), "bytes")
+
+    def get_bytes(self, key: str) -> bytes | None:
+        arr = self._get(key)
+        return None if arr is None else arr.tobytes()
+
+    def exists(self, key: str) -> bool:
+        return bool(self._sr.tensor_exists(key) or self._sr.dataset_exists(key))
+
+    def poll(self, key: str, timeout_s: float, interval_s: float = 1e-3, max_interval_s: float = 0.05) -> bool:
+        """Wait for ``key`` with SmartRedis ``poll_tensor``; False once ``timeout_s`` has passed.
+
+        Polls in slices of at most ``max_interval_s`` (SmartRedis holds the GIL while it sleeps)
+        with a growing interval, checking for a dataset-stored value between slices.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            freq_ms = max(1, int(min(interval_s, remaining) * 1000))
+            tries = max(1, int(min(remaining, max_interval_s) * 1000) // freq_ms)
+            if self._sr.poll_tensor(key, freq_ms, tries) or self._sr.dataset_exists(key):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            interval_s = min(interval_s * 2, max_interval_s)
+
+    def delete(self, key: str) -> None:
+        self._sr.delete_tensor(key)  # DEL: quiet when missing
+        if self._sr.dataset_exists(key):
+            self._sr.delete_dataset(key)
+
+    def clean(self, prefix: str) -> int:
+        """SCAN (redis-py: SmartRedis cannot list keys) for plain and dataset (``{key}.*``) keys."""
+        if self._redis is None:
+            import redis
+
+            host, port = self.address.rsplit(":", 1)
+            self._redis = redis.Redis(host=host, port=int(port), socket_timeout=120)
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+        keys = {*self._redis.scan_iter(match=pattern + "*", count=1000),
+                *self._redis.scan_iter(match="{" + pattern + "*", count=1000)}
+        names = {k[1:k.rfind(b"}.")] if k.startswith(b"{") and b"}." in k else k for k in keys}
+        if keys:
+            self._redis.unlink(*keys)
+        return sum(1 for n in names if n.startswith(prefix.encode()))
+
+    def close(self) -> None:
+        self._sr = None  # SmartRedis closes its connection when the Client is freed
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+    def _put(self, key: str, arr: np.ndarray, kind: str) -> None:
+        from smartredis.error import RedisReplyError
+
+        try:
+            if arr.dtype in _NATIVE and arr.dtype.isnative and arr.ndim and arr.size and arr.nbytes <= CHUNK_BYTES:
+                self._sr.put_tensor(key, arr)
+            else:
+                self._put_dataset(key, arr, kind)
+        except RedisReplyError as exc:
+            if "OOM" not in str(exc):
+                raise
+            raise StagingFullError(f"The SmartSim DB refused {key!r} ({arr.nbytes} bytes): its memory limit is full. "
+                                   "Delete old keys, or raise staging.memory_bytes in the machine profile") from None
+
+    def _put_dataset(self, key: str, arr: np.ndarray, kind: str) -> None:
+        from smartredis import Dataset
+
+        raw = arr.reshape(-1).view(np.uint8)
+        nchunks = -(-raw.size // CHUNK_BYTES)
+        ds = Dataset(key)
+        meta = {"dtype": arr.dtype.str, "shape": json.dumps(list(arr.shape)), "kind": kind, "nchunks": str(nchunks)}
+        for field, value in meta.items():
+            ds.add_meta_string(field, value)
+        for i in range(nchunks):
+            ds.add_tensor(f"c{i}", raw[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES])
+        self._sr.delete_tensor(key)  # a plain tensor under the same key would shadow the dataset
+        self._sr.put_dataset(ds)
+
+    def _get(self, key: str) -> np.ndarray | None:
+        from smartredis.error import RedisReplyError
+
+        try:
+            return self._sr.get_tensor(key)  # type: ignore[no-any-return]
+        except RedisReplyError as exc:
+            if not _missing(exc):
+                raise
+        try:
+            ds = self._sr.get_dataset(key)
+        except RedisReplyError as exc:
+            if _missing(exc):
+                return None
+            raise
+        dtype, shape = np.dtype(ds.get_meta_strings("dtype")[0]), tuple(json.loads(ds.get_meta_strings("shape")[0]))
+        chunks = [ds.get_tensor(f"c{i}") for i in range(int(ds.get_meta_strings("nchunks")[0]))]
+        raw = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.empty(0, np.uint8)
+        return raw.view(dtype).reshape(shape)
