@@ -1,0 +1,165 @@
+"""SmartRedis-specific micro benchmarks (smartsim backend only), through a bare ``smartredis.Client``.
+
+* ``test_dataset``: put/get of a Dataset (one tensor of ``nbytes`` plus metadata: a string and
+  two scalars), one key per rank overwritten each round; FOMs as the put/get sweep
+  (``<op>_latency_s``, ``<op>_GBps``, ``<op>_vs_raw`` against redis-py SET/GET on the same server).
+* ``test_aggregation_list``: SmartSim-Scaling's data-aggregation pattern (datasets of 4 x 1 KiB
+  tensors): ``append`` = put_dataset + append_to_list from every rank; ``get_list`` = every rank
+  reads the whole list (``get_datasets_from_list``) once it holds ``DATASETS_PER_RANK`` per rank.
+* ``test_poll_tensor``: put-to-visible latency with SmartRedis ``poll_tensor`` at a fixed poll
+  period: each rank publishes a key its neighbour polls for (as ``test_metadata`` does with the
+  staging client's backoff).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from simai_core import mpi
+from simai_core.bench.measure import InterleavedReference, default_rounds, median, sync_ranks
+from simai_core.bench.record import AGGREGATE_GBPS, LATENCY, record
+from simai_core.fom import FomSpec
+from simai_core.staging import registry
+
+pytestmark = [pytest.mark.micro, pytest.mark.backends("smartsim")]
+OPS_PER_S = FomSpec(unit="ops/s", better="higher", combine="sum")
+AGG_TENSORS, AGG_TENSOR_BYTES, DATASETS_PER_RANK = 4, 1024, 8
+POLL_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def sr(backend: str, staging: Any, staging_pool: Any) -> Any:
+    """A bare SmartRedis client of the session's Orchestrator (``staging`` starts it, or skips)."""
+    from simai_core.staging.smartsim import quiet_smartredis
+
+    quiet_smartredis()
+    from smartredis import Client
+
+    return Client(address=staging_pool.address(backend), cluster=False)
+
+
+def make_dataset(name: str, tensors: dict[str, np.ndarray], step: int) -> Any:
+    from smartredis import Dataset
+
+    ds = Dataset(name)
+    for tname, data in tensors.items():
+        ds.add_tensor(tname, data)
+    ds.add_meta_string("source", f"rank{mpi.rank()}")
+    ds.add_meta_scalar("step", step)
+    ds.add_meta_scalar("time", 0.5 * step)
+    return ds
+
+
+@pytest.mark.parametrize("op", ["put", "get"])
+def test_dataset(benchmark, backend, sr, staging_pool, simai_run, nbytes, op, pytestconfig):
+    rounds = pytestconfig.getoption("--simai-rounds") or default_rounds(nbytes)
+    name = f"micro.dataset.{mpi.rank()}"
+    data = np.random.default_rng(mpi.rank()).integers(0, 256, nbytes, dtype=np.uint8)
+    ds = make_dataset(name, {"field": data}, step=7)
+    out = np.empty_like(data)
+    raw = registry.raw_reference(backend, staging_pool.address(backend))
+    fetched: list[Any] = []
+    try:
+        if op == "get":
+            raw.put(f"raw.{name}", memoryview(data))
+            sr.put_dataset(ds)
+        raw_op = (lambda: raw.put(f"raw.{name}", memoryview(data))) if op == "put" \
+            else (lambda: raw.get(f"raw.{name}", memoryview(out)))
+        reference = InterleavedReference(raw_op)
+        target = (lambda: sr.put_dataset(ds)) if op == "put" else (lambda: fetched.append(sr.get_dataset(name)))
+        benchmark.pedantic(target, setup=reference, rounds=rounds, warmup_rounds=1)
+    finally:
+        raw.close()
+
+    # The transfer must be right, not only fast (keep the Dataset alive while reading its metadata).
+    got = fetched[-1] if fetched else sr.get_dataset(name)
+    assert np.array_equal(got.get_tensor("field"), data)
+    assert got.get_meta_strings("source") == [f"rank{mpi.rank()}"] and list(got.get_meta_scalars("step")) == [7]
+
+    seconds = benchmark.stats.stats.median
+    local = {f"{op}_latency_s": seconds, f"{op}_GBps": nbytes / seconds / 1e9,
+             f"raw_{op}_GBps": nbytes / median(reference.samples) / 1e9}
+    specs = {f"{op}_latency_s": LATENCY, f"{op}_GBps": AGGREGATE_GBPS, f"raw_{op}_GBps": AGGREGATE_GBPS}
+    run = simai_run(backend, {"op": op, "nbytes": nbytes, "rounds": rounds, "raw": raw.description,
+                              "metadata": "1 string + 2 scalars"})
+    record(benchmark, run, local, specs, ratios={f"{op}_vs_raw": (f"{op}_GBps", f"raw_{op}_GBps")})
+
+
+@pytest.mark.parametrize("op", ["append", "get_list"])
+def test_aggregation_list(benchmark, backend, sr, simai_run, op, pytestconfig):
+    rounds = pytestconfig.getoption("--simai-rounds") or 20
+    rank, size = mpi.rank(), mpi.size()
+    list_name = "micro.aggregation"
+    rng = np.random.default_rng(rank)
+    tensors = {f"t{i}": rng.integers(0, 256, AGG_TENSOR_BYTES, dtype=np.uint8) for i in range(AGG_TENSORS)}
+    counter = iter(range(10**9))
+
+    def append() -> None:
+        i = next(counter)
+        sr.append_to_list(list_name, put(make_dataset(f"micro.agg.{rank}.{i}", tensors, step=i)))
+
+    def put(ds: Any) -> Any:
+        sr.put_dataset(ds)
+        return ds
+
+    if rank == 0:
+        sr.delete_list(list_name)
+    sync_ranks()
+    if op == "append":
+        benchmark.pedantic(append, setup=sync_ranks, rounds=rounds, warmup_rounds=1)
+        datasets = 1
+    else:
+        for _ in range(DATASETS_PER_RANK):
+            append()
+        assert sr.poll_list_length(list_name, DATASETS_PER_RANK * size, 1, int(POLL_TIMEOUT_S * 1000))
+        benchmark.pedantic(lambda: sr.get_datasets_from_list(list_name), setup=sync_ranks, rounds=rounds,
+                           warmup_rounds=1)
+        datasets = DATASETS_PER_RANK * size
+    sync_ranks()
+
+    got = sr.get_datasets_from_list(list_name)
+    assert len(got) == sr.get_list_length(list_name) >= (rounds + 1 if op == "append" else datasets)
+    mine = next(d for d in got if d.get_meta_strings("source") == [f"rank{rank}"])
+    assert all(np.array_equal(mine.get_tensor(t), tensors[t]) for t in tensors)
+    sync_ranks()
+    if rank == 0:
+        sr.delete_list(list_name)  # the datasets themselves stay until the session's server stops
+
+    seconds = benchmark.stats.stats.median
+    nbytes = datasets * AGG_TENSORS * AGG_TENSOR_BYTES
+    local = {f"{op}_latency_s": seconds, f"{op}_datasets_per_s": datasets / seconds, f"{op}_GBps": nbytes / seconds / 1e9}
+    specs = {f"{op}_latency_s": LATENCY, f"{op}_datasets_per_s": OPS_PER_S, f"{op}_GBps": AGGREGATE_GBPS}
+    params = {"op": op, "rounds": rounds, "tensors_per_dataset": AGG_TENSORS, "tensor_bytes": AGG_TENSOR_BYTES,
+              "datasets_read": datasets if op == "get_list" else None}
+    record(benchmark, simai_run(backend, params), local, specs)
+
+
+@pytest.mark.parametrize("poll_ms", [1, 10])
+def test_poll_tensor(benchmark, backend, sr, simai_run, poll_ms, pytestconfig):
+    rounds = pytestconfig.getoption("--simai-rounds") or 50
+    rank, size = mpi.rank(), mpi.size()
+    mine, neighbour = f"micro.poll.{rank}", f"micro.poll.{(rank - 1) % size}"
+    value = np.array([rank], dtype=np.int64)
+    tries = int(POLL_TIMEOUT_S * 1000 / poll_ms)
+
+    def reset() -> None:
+        sync_ranks()  # every neighbour has seen the last round's key...
+        sr.delete_tensor(mine)
+        sync_ranks()  # ...and every key is gone before any rank publishes again
+
+    def publish_and_poll() -> None:
+        sr.put_tensor(mine, value)
+        if not sr.poll_tensor(neighbour, poll_ms, tries):
+            raise TimeoutError(f"{neighbour} not visible after {POLL_TIMEOUT_S} s")
+
+    benchmark.pedantic(publish_and_poll, setup=reset, rounds=rounds, warmup_rounds=1)
+    sync_ranks()
+
+    assert sr.get_tensor(neighbour).tolist() == [(rank - 1) % size]
+    seconds = benchmark.stats.stats.median
+    local = {"latency_s": seconds, "ops_per_s": 1.0 / seconds}
+    record(benchmark, simai_run(backend, {"op": "poll_tensor", "poll_ms": poll_ms, "rounds": rounds}), local,
+           {"latency_s": LATENCY, "ops_per_s": OPS_PER_S})
