@@ -346,12 +346,12 @@ def test_full_server_raises_staging_full(client, raw):
 def test_nothing_outlives_stop(tmp_path, deployment):
     if (reason := _reason()) is not None:
         pytest.skip(reason)
-    srv = backend.make_server(load_profile("local"), tmp_path, deployment=deployment)
+    srv = backend.make_server("smartsim", load_profile("local"), tmp_path, deployment=deployment)
     srv.start()
     try:
         assert not port_free(srv.port) and backend.our_processes(srv.port)
         assert srv.exp_path.is_dir() and srv.exp_path.is_relative_to(tmp_path)
-        c = backend.connect(srv.address)
+        c = backend.connect("smartsim", srv.address)
         c.put_tensor("x", np.arange(3))
         np.testing.assert_array_equal(c.get_tensor("x"), np.arange(3))
         c.close()
@@ -372,7 +372,7 @@ def test_failed_or_interrupted_start_leaves_nothing(tmp_path, monkeypatch, error
         raise error("after the DB was launched")
 
     monkeypatch.setattr(backend.SmartSimServer, "_start_orchestrator", launch_then_fail)
-    srv = backend.make_server(load_profile("local"), tmp_path)
+    srv = backend.make_server("smartsim", load_profile("local"), tmp_path)
     with pytest.raises(error):
         srv.start()
     assert srv.port and not backend.our_processes(srv.port)
@@ -382,7 +382,7 @@ def test_failed_or_interrupted_start_leaves_nothing(tmp_path, monkeypatch, error
 def test_local_launcher_refuses_shards_clearly(tmp_path):
     if (reason := _reason()) is not None:
         pytest.skip(reason)
-    srv = backend.make_server(load_profile("local"), tmp_path, db_nodes=3)
+    srv = backend.make_server("smartsim", load_profile("local"), tmp_path, db_nodes=3)
     with pytest.raises(BackendUnavailableError, match="single-shard"):
         srv.start()
     assert_gone(srv)

@@ -124,8 +124,9 @@ def _configure_mpi(config: pytest.Config) -> None:
 
 
 def _prune_old_job_dirs(root: Path, keep: int = 3) -> None:
-    jobs = sorted(root.glob("simai-mpi-*"), key=lambda p: p.stat().st_mtime)
-    for old in jobs[:-keep]:
+    """Keep the newest ``keep`` finished jobs' temp dirs; never touch a running job's."""
+    finished = [p for p in root.glob("simai-mpi-*") if not Path(f"/proc/{p.name.rsplit('-', 1)[-1]}").exists()]
+    for old in sorted(finished, key=lambda p: p.stat().st_mtime)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -263,11 +264,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = _session_run(session.config)
     if not base_path or run is None:
         return
+    from rich.console import Console
+
     from simai_core.report.compare import compare_runs
     from simai_core.report.loading import load_run
 
     threshold = float(session.config.getoption("--simai-threshold").rstrip("%"))
     comparison = compare_runs(load_run(base_path), run, threshold_pct=threshold)
-    comparison.render()
+    comparison.render(Console())
     if not comparison.ok and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

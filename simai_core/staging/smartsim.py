@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy
 
 CHUNK_BYTES = 256 * 2**20  # under Redis's 512 MB bulk-string limit
@@ -137,29 +138,26 @@ def quiet_smartredis() -> None:
 
 
 # ---------------------------------------------------------------- registry entry points
-def make_server(*args: Any, deployment: str = "clustered", db_nodes: int = 1) -> SmartSimServer:
-    """A (not started) server from ``(name, profile, workdir)`` or ``(profile, workdir)``.
+def make_server(name: str, profile: MachineProfile, workdir: Path, deployment: str = "clustered",
+                db_nodes: int = 1) -> SmartSimServer:
+    """A (not started) server for this profile's launcher, interface and memory limit.
 
     ``deployment``: "clustered" (an Orchestrator) or "colocated" (a DB beside this node's ranks).
     """
-    profile, workdir = args[-2], Path(args[-1])
-    staging = getattr(profile, "staging", None)
-    return SmartSimServer(workdir, launcher=getattr(profile, "launcher", "local"),
-                          interface=getattr(staging, "network_interface", "lo"),
-                          memory_bytes=getattr(staging, "memory_bytes", 4 * 2**30), deployment=deployment,
-                          db_nodes=db_nodes)
+    return SmartSimServer(Path(workdir), launcher=profile.launcher, interface=profile.staging.network_interface,
+                          memory_bytes=profile.staging.memory_bytes, deployment=deployment, db_nodes=db_nodes)
 
 
-def connect(*args: str) -> SmartSimClient:
-    """A SmartRedis client for ``host:port``, from ``(name, address)`` or ``(address)``."""
-    return SmartSimClient(args[-1])
+def connect(name: str, address: str) -> SmartSimClient:
+    """A SmartRedis client for ``host:port``."""
+    return SmartSimClient(address)
 
 
-def raw_reference(*args: str) -> RawReference:
+def raw_reference(name: str, address: str) -> RawReference:
     """redis-py SET/GET of the raw buffer on the same server."""
     from simai_core.staging.redis import RedisRaw
 
-    return RedisRaw(f"redis://{args[-1]}")
+    return RedisRaw(f"redis://{address}")
 
 
 # ---------------------------------------------------------------- server
