@@ -56,6 +56,8 @@ class StreamPair:
 
     def __init__(self, profile: MachineProfile, workdir: Path, watchdog_fd: int | None) -> None:
         self.interface = profile.staging.network_interface
+        # An optional profile field (auto, WAN, RDMA, UCX, MPI); until profiles have it, auto picks by interface.
+        self.data_plane = str(getattr(profile.staging, "stream_data_plane", "auto"))
         self.shared = profile.staging.shared_path
         self.workdir = workdir
         self.watchdog_fd = watchdog_fd
@@ -103,9 +105,11 @@ class StreamPair:
             benchmark.pedantic(side.round, setup=RoundSetup(side, sync_ranks), rounds=plan.rounds, warmup_rounds=plan.warmup)
             results = side.close()
         except Exception as exc:
-            self.stop()  # the link is out of step now: the next test starts a fresh peer
-            if self.peer is not None or mpi.size() == 1:
-                raise RuntimeError(f"{exc}\n--- stream peer log ---\n{peer_log(self.workdir)}") from exc
+            log = peer_log(self.workdir) if mpi.size() == 1 else ""
+            with contextlib.suppress(Exception):
+                self.stop(grace_s=2.0)  # the link is out of step now: the next test starts a fresh peer
+            if log:
+                raise RuntimeError(f"{exc}\n--- stream peer log ---\n{log}") from exc
             raise
         if self.writer:
             results = {"round_s": side.round_s, "raw_s": side.raw_s}
@@ -113,11 +117,13 @@ class StreamPair:
 
     def _link(self) -> PairLink:
         if self.link is None:
+            if mpi.size() > 1:
+                raise RuntimeError("the pair link broke in an earlier benchmark")
             self.peer, self.link = spawn_peer(self.workdir, self.interface, LINK_TIMEOUT_S)
         return self.link
 
-    def stop(self) -> None:
-        """Tell the peer to quit and wait for it (serial), or close the link (MPI)."""
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Tell the peer to quit and wait for it (up to ``grace_s``, then kill it), or close the link (MPI)."""
         link, self.link = self.link, None
         if link is not None and self.peer is not None:
             with contextlib.suppress(OSError):  # the peer may be gone already
@@ -126,7 +132,7 @@ class StreamPair:
             link.close()
         if self.peer is not None:
             peer, self.peer = self.peer, None
-            code = stop_peer(peer, self.workdir, 30.0)
+            code = stop_peer(peer, self.workdir, grace_s)
             assert code == 0, f"the stream peer exited with {code}:\n{peer_log(self.workdir)}"
 
 
@@ -149,11 +155,14 @@ def stream_pair(pytestconfig: pytest.Config, simai_profile: MachineProfile,
         pytest.skip(reason)
     if mpi.size() % 2 and mpi.size() > 1:
         pytest.skip(f"ADIOS2 stream pairs need an even number of ranks, not {mpi.size()}")
-    pair = StreamPair(simai_profile, tmp_path_factory.mktemp("adios2-peer"), _watchdog_fd(pytestconfig))
+    workdir = tmp_path_factory.mktemp("adios2-peer")
+    pair = StreamPair(simai_profile, workdir, _watchdog_fd(pytestconfig))
     try:
         yield pair
     finally:
         pair.stop()
+    left = [p.name for p in workdir.iterdir()]
+    assert not left, f"the stream peer left {left} in {workdir}"
 
 
 def _plan(kind: str, mode: str, nbytes: int, pair: StreamPair, directory: Path, config: pytest.Config) -> Plan:
@@ -162,7 +171,8 @@ def _plan(kind: str, mode: str, nbytes: int, pair: StreamPair, directory: Path, 
     rounds = config.getoption("--simai-rounds") or min(default_rounds(nbytes), 10)  # each round is a burst of steps
     return Plan(kind=kind, mode=mode, nbytes=nbytes, steps=steps_per_round(nbytes), rounds=rounds,  # type: ignore[arg-type]
                 directory=str(directory), name=f"{kind}-{mode}-{format_size(nbytes)}-{pair.index}", seed=pair.index,
-                interface=pair.interface, open_timeout_s=LINK_TIMEOUT_S, step_timeout_s=LINK_TIMEOUT_S)
+                interface=pair.interface, data_plane=pair.data_plane, open_timeout_s=LINK_TIMEOUT_S,
+                step_timeout_s=LINK_TIMEOUT_S)
 
 
 def _run_info(profile: MachineProfile, detail: dict[str, Any], params: dict[str, Any]) -> RunInfo:

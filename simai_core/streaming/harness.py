@@ -90,6 +90,7 @@ class Plan:
     warmup: int = 1
     queue_limit: int = 2
     interface: str = "lo"
+    data_plane: str = "auto"
     open_timeout_s: float = 60.0
     step_timeout_s: float = 60.0
 
@@ -101,7 +102,8 @@ class Plan:
     def config(self) -> StreamConfig:
         """The stream settings of this plan."""
         return StreamConfig(mode=self.mode, queue_limit=self.queue_limit, open_timeout_s=self.open_timeout_s,
-                            step_timeout_s=self.step_timeout_s, network_interface=self.interface)
+                            step_timeout_s=self.step_timeout_s, network_interface=self.interface,
+                            data_plane=self.data_plane)
 
     def path(self, suffix: str = "") -> Path:
         """A path in the writer's directory."""
