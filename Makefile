@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 STAMP := $(VENV)/.simai-setup
 EXTRAS ?= mpi,gnn,smartsim,dev
-NP ?= 4                  # ranks for the MPI test pass
-BENCH_NP ?= 2            # ranks for `make bench` (this machine has 2 cores)
-MPI_TIMEOUT ?= 1200      # seconds before a hung MPI job is killed
+# ranks for the MPI test pass, ranks for `make bench`, seconds before a hung MPI job is killed
+NP ?= 4
+BENCH_NP ?= 2
+MPI_TIMEOUT ?= 1200
 RESULTS ?= results
 
 .PHONY: setup system-deps bench test lint clean
