@@ -11,8 +11,10 @@ Async SST needs two workarounds, both by the writer writing empty *tick* steps:
   writer ticks until the reader says it joined (:func:`join_reader`);
 * once steps were discarded, an SST reader's ``BeginStep`` ignores its timeout until the
   writer's next step or close (it waits without a deadline in ``waitForNextMetadata``), so
-  after a burst the async writer ticks until the reader says it is done. The reader knows the
-  burst is over when it sees the last step, or any later id (a tick).
+  after a burst the async writer ticks until the reader says it is done (after ``PATIENCE_S``:
+  a reader that got the last step answers sooner). The reader knows the burst is over when it
+  sees the last step, or any later id (a tick). A tick written after the reader's word can
+  still hold a queue slot when the next burst starts, which may cost that burst a step.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from simai_core.streaming.pair import PairLink
 
 T = TypeVar("T")
 TICK_S = 0.005  # async: the writer's empty steps while it waits for the reader's word
+PATIENCE_S = 0.02  # async: after a burst, the writer ticks only if the reader has not answered by then
 RAW_TCP = "TCP socket sendall/recv_into of the same bytes between the same two processes (loopback on one node)"
 RAW_FILE = "plain write()/readinto() of the same bytes to one file in the same directory"
 
@@ -45,15 +48,17 @@ def payload(nbytes: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8)
 
 
-def tick_until_word(writer: StreamWriter, link: PairLink, timeout_s: float, what: str) -> dict[str, Any]:
-    """Write empty steps every ``TICK_S`` until a message arrives on ``link``; return it."""
+def tick_until_word(writer: StreamWriter, link: PairLink, timeout_s: float, what: str,
+                    patience_s: float = 0.0) -> dict[str, Any]:
+    """Wait ``patience_s`` for a message on ``link``, then write empty steps every ``TICK_S`` until one comes."""
     deadline = time.monotonic() + timeout_s
-    while (word := link.poll()) is None:
+    word = link.poll(patience_s)
+    while word is None:
         if time.monotonic() > deadline:
             raise StreamTimeoutError(f"the reader did not {what} within {timeout_s:g} s")
         writer.begin_step()
         writer.end_step()
-        time.sleep(TICK_S)
+        word = link.poll(TICK_S)
     return word
 
 

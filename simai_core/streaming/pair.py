@@ -27,6 +27,7 @@ from simai_core.streaming.base import StreamError, StreamTimeoutError
 _HEADER = struct.Struct("!I")
 _SIOCGIFADDR = 0x8915
 _LAUNCHER_ENV = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_", "I_MPI_")
+_TAG = 71
 
 
 def interface_address(name: str) -> str:
@@ -86,9 +87,9 @@ class PairLink:
         header = self._recv_exactly(_HEADER.size, timeout_s)
         return json.loads(self._recv_exactly(_HEADER.unpack(header)[0], timeout_s))  # type: ignore[no-any-return]
 
-    def poll(self) -> dict[str, Any] | None:
-        """The next message if one has started to arrive, else None (does not wait)."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
+    def poll(self, timeout_s: float = 0.0) -> dict[str, Any] | None:
+        """The next message if one starts to arrive within ``timeout_s``, else None."""
+        readable, _, _ = select.select([self.sock], [], [], timeout_s)
         return self.recv() if readable else None
 
     def sync(self, timeout_s: float | None = None) -> None:
@@ -142,11 +143,23 @@ def mpi_pair(interface: str, timeout_s: float) -> tuple[PairLink, bool, int]:
         raise ValueError(f"stream pairs need an even number of ranks, not {mpi.size()}")
     writer = rank % 2 == 0
     if writer:
-        address = comm.recv(source=rank + 1, tag=71)
-        return PairLink.connect(address, timeout_s), True, rank // 2
+        return PairLink.connect(_mpi_recv(comm, rank + 1, timeout_s), timeout_s), True, rank // 2
     server, address = PairLink.listen(interface)
-    comm.send(address, dest=rank - 1, tag=71)
+    comm.send(address, dest=rank - 1, tag=_TAG)  # a few bytes: sent eagerly, never waits for the receiver
     return PairLink.accept(server, timeout_s), False, rank // 2
+
+
+def _mpi_recv(comm: Any, source: int, timeout_s: float) -> Any:
+    """``comm.recv`` with a deadline (and without spinning)."""
+    request, deadline = comm.irecv(source=source, tag=_TAG), time.monotonic() + timeout_s
+    while True:
+        done, value = request.test()
+        if done:
+            return value
+        if time.monotonic() > deadline:
+            request.Cancel()
+            raise StreamTimeoutError(f"rank {source} did not send its pair address within {timeout_s:g} s")
+        time.sleep(1e-3)
 
 
 def spawn_peer(workdir: Path, interface: str, timeout_s: float) -> tuple[subprocess.Popen[bytes], PairLink]:

@@ -16,6 +16,7 @@ import numpy as np
 from simai_core.streaming.adios2_sst import Adios2StreamReader, Adios2StreamWriter
 from simai_core.streaming.base import StreamError
 from simai_core.streaming.harness import (
+    PATIENCE_S,
     Burst,
     Plan,
     Side,
@@ -53,7 +54,7 @@ class StreamWriterSide(Side):
             self.writer.write_step({"data": self.data})
         self.round_s.append(time.perf_counter() - start)
         if self.plan.mode == "async":
-            tick_until_word(self.writer, self.link, self.plan.step_timeout_s, "finish a burst")
+            tick_until_word(self.writer, self.link, self.plan.step_timeout_s, "finish a burst", PATIENCE_S)
 
     def close(self) -> dict[str, Any]:
         self.writer.close()
