@@ -13,6 +13,9 @@ mode, close) have none, and the Python binding holds the GIL while it waits, so 
 timer can interrupt them. Those calls, and every other call that could block, run under
 :func:`faulthandler.dump_traceback_later`: a C watchdog thread that, past the deadline,
 prints where the process was stuck and ends it (exit code 1) rather than let it hang.
+One SST quirk: once an async writer discarded steps, a reader's ``BeginStep`` ignores its
+timeout until the writer's next step or close (discarded steps leave placeholders that count
+as queued); there only the watchdog bounds the wait, so keep an async writer stepping.
 
 Joining. An SST writer admits readers only at step boundaries (inside its BeginStep/EndStep
 calls). In sync mode ``open`` itself waits for the first reader; an async writer that writes
