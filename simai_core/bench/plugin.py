@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,9 @@ def _configure_mpi(config: pytest.Config) -> None:
     if hasattr(config.option, "timeout_method"):
         config.option.timeout_method = "thread"
     if rank != 0:
+        # One report, from rank 0: the others would print N copies of the same tables. Their
+        # failures still reach stderr through the abort hook.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
         for option in ("benchmark_json", "benchmark_save", "benchmark_compare"):
             if hasattr(config.option, option):
                 setattr(config.option, option, None)
@@ -248,6 +252,7 @@ def _session_run(config: pytest.Config) -> dict[str, Any] | None:
     return {"benchmarks": [b.as_dict(include_data=False) for b in session.benchmarks]}
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's timing table, so the FOMs end the report
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Print the FOM table of the session (rank 0)."""
     run = _session_run(config)
