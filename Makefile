@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 STAMP := $(VENV)/.simai-setup
-EXTRAS ?= mpi,gnn,smartsim,dev
+EXTRAS ?= mpi,gnn,smartsim,adios2,dev
 # ranks for the MPI test pass, ranks for `make bench`, seconds before a hung MPI job is killed
 NP ?= 4
 BENCH_NP ?= 2
@@ -59,7 +59,7 @@ test: setup lint
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest --with-mpi -q \
 	  tests/test_staging_contract.py tests/test_workflow_mpi.py
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest benchmarks/micro -q \
-	  -m "micro and (redis or nodelocal or smartsim)" --simai-sizes 1KiB,1MiB --simai-rounds 3 \
+	  -m "micro and (redis or nodelocal or smartsim or adios2)" --simai-sizes 1KiB,1MiB --simai-rounds 3 \
 	  --benchmark-json $(RESULTS)/ci-micro-np$(NP).json
 
 clean:

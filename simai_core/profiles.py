@@ -28,6 +28,9 @@ class StagingDefaults(BaseModel):
     shared_path: Path | None = Field(
         None, description="Directory on a file system all nodes share (filesystem backend); None = the pytest temp dir"
     )
+    stream_data_plane: Literal["auto", "WAN", "RDMA", "UCX", "MPI"] = Field(
+        "auto", description="ADIOS2 SST data plane; auto = RDMA/UCX off loopback when built in, else WAN"
+    )
     memory_bytes: int = Field(
         4 * 2**30, description="Memory the staging server may use (e.g. '4GiB'); larger values are refused"
     )

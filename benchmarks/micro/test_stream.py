@@ -57,7 +57,7 @@ class StreamPair:
     def __init__(self, profile: MachineProfile, workdir: Path, watchdog_fd: int | None) -> None:
         self.interface = profile.staging.network_interface
         # An optional profile field (auto, WAN, RDMA, UCX, MPI); until profiles have it, auto picks by interface.
-        self.data_plane = str(getattr(profile.staging, "stream_data_plane", "auto"))
+        self.data_plane = profile.staging.stream_data_plane
         self.shared = profile.staging.shared_path
         self.workdir = workdir
         self.watchdog_fd = watchdog_fd
