@@ -19,6 +19,10 @@ class Outcome(BaseModel):
     reason: str = Field(description="tolerance | max_steps | error")
     final_mse: float | None = Field(description="Last inference MSE over all simulation points (None: no model yet)")
     tolerance: float = Field(description="The MSE threshold of a successful check")
+    persistence_mse: float | None = Field(
+        None, description="MSE of predicting no change (fields at t+1 = fields at t) on the same points: the bar a "
+                          "surrogate must clear to have learnt anything")
+    skill: float | None = Field(None, description="1 - final_mse / persistence_mse: > 0 when the surrogate beats persistence")
     steps: int = Field(0, description="Time steps the simulation ran")
     checks_passed: int = Field(0, description="Consecutive successful checks at the end")
 
@@ -78,6 +82,7 @@ MOTIF6_FOMS: dict[str, FomSpec] = {
     "epochs": FomSpec(unit="count", better="higher", combine="max"),
     "steps": FomSpec(unit="count", better="lower", combine="max"),
     "final_mse": FomSpec(unit="mse", better="lower", combine="mean"),
+    "final_skill": FomSpec(unit="ratio", better="higher", combine="mean"),
 }
 
 
@@ -96,6 +101,7 @@ def local_foms(report: ComponentReport) -> dict[str, float]:
         _put(out, "checkpoint_GBps", report.GBps("checkpoint"))
         if report.outcome is not None:
             _put(out, "final_mse", report.outcome.final_mse)
+            _put(out, "final_skill", report.outcome.skill)
     else:
         out |= {"trainer_time_s": report.wall_s, "epochs": float(report.epochs)}
         _put(out, "train_data_GBps", report.GBps("data"))

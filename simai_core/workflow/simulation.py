@@ -60,6 +60,7 @@ class Simulation:
         self.model: Any = None
         self.loaded_version = 0
         self.mse: float | None = None
+        self.persistence_mse: float | None = None
         self.successes = 0
         self.last_step = -1
         self.detail: dict[str, Any] = {}
@@ -82,8 +83,10 @@ class Simulation:
                     self.heartbeat.write([self.last_step, STOP_REASONS[reason]], force=True)
         finally:
             self.acc.stop()
+        skill = (1 - self.mse / self.persistence_mse) if self.mse is not None and self.persistence_mse else None
         outcome = Outcome(converged=reason == "tolerance", reason=reason, final_mse=self.mse,
-                          tolerance=self.sim.tolerance, steps=steps, checks_passed=self.successes)
+                          tolerance=self.sim.tolerance, persistence_mse=self.persistence_mse, skill=skill,
+                          steps=steps, checks_passed=self.successes)
         return ComponentReport.from_accounting(self.acc, world_rank=self.role.world_rank, scope=self.role.scope,
                                                steps=steps, outcome=outcome, detail=self.detail)
 
@@ -180,11 +183,14 @@ class Simulation:
             # the GNN) would never pay off, so run it unoptimised.
             with torch.jit.optimized_execution(False), torch.inference_mode():
                 pred = self.model(table[:, :n_in], edges, pos)
-            local = np.array([float(((pred - table[:, n_in:]) ** 2).sum()), float(pred.numel())])
+            target = table[:, n_in:]
+            local = np.array([float(((pred - target) ** 2).sum()), float(pred.numel()),
+                              float(((table[:, :n_in] - target) ** 2).sum())])  # persistence: predict no change
             ev["local_mse"] = local[0] / local[1]
         with self.acc.section("wait", what="mse_allreduce") as ev:
             total = self.role.comm.allreduce(local)
             self.mse = ev["mse"] = float(total[0] / total[1])
+            self.persistence_mse = ev["persistence_mse"] = float(total[2] / total[1])
         self.successes = self.successes + 1 if self.mse <= self.sim.tolerance else 0
 
 
