@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from simai_core import mpi
-from simai_core.bench.measure import sync_ranks
+from simai_core.bench.measure import NeighbourPoll, sync_ranks
 from simai_core.bench.record import LATENCY, record
 from simai_core.fom import FomSpec
 
@@ -26,26 +26,18 @@ OPS_PER_S = FomSpec(unit="ops/s", better="higher", combine="sum")
 def test_metadata(benchmark, backend, staging, simai_run, op, pytestconfig):
     rounds = pytestconfig.getoption("--simai-rounds") or ROUNDS
     rank, size = mpi.rank(), mpi.size()
-    mine, neighbour = f"micro.meta.{rank}", f"micro.meta.{(rank - 1) % size}"
     value = np.array([rank], dtype=np.int64)
+    poll = NeighbourPoll("micro.meta", lambda k: staging.put_tensor(k, value), staging.delete,
+                         lambda k: staging.poll(k, POLL_TIMEOUT_S))
+    mine, neighbour = poll.mine, poll.neighbour
     staging.put_tensor(mine, value)
-
-    def reset() -> None:
-        sync_ranks()  # every neighbour has seen the last round's key...
-        staging.delete(mine)
-        sync_ranks()  # ...and every key is gone before any rank publishes again
-
-    def publish_and_poll() -> None:
-        staging.put_tensor(mine, value)
-        if not staging.poll(neighbour, POLL_TIMEOUT_S):
-            raise TimeoutError(f"{neighbour} not visible after {POLL_TIMEOUT_S} s")
 
     if op == "put_scalar":
         benchmark.pedantic(lambda: staging.put_tensor(mine, value), setup=sync_ranks, rounds=rounds, warmup_rounds=1)
     elif op == "exists":
         benchmark.pedantic(lambda: staging.exists(mine), setup=sync_ranks, rounds=rounds, warmup_rounds=1)
     else:
-        benchmark.pedantic(publish_and_poll, setup=reset, rounds=rounds, warmup_rounds=1)
+        benchmark.pedantic(poll.round, setup=poll.reset, rounds=rounds, warmup_rounds=1)
     sync_ranks()
 
     got = staging.get_tensor(neighbour)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from simai_core import mpi
-from simai_core.bench.measure import InterleavedReference, default_rounds, median, sync_ranks
+from simai_core.bench.measure import InterleavedReference, NeighbourPoll, default_rounds, median, sync_ranks
 from simai_core.bench.record import AGGREGATE_GBPS, LATENCY, record
 from simai_core.fom import FomSpec
 from simai_core.staging import registry
@@ -141,21 +141,12 @@ def test_aggregation_list(benchmark, backend, sr, simai_run, op, pytestconfig):
 def test_poll_tensor(benchmark, backend, sr, simai_run, poll_ms, pytestconfig):
     rounds = pytestconfig.getoption("--simai-rounds") or 50
     rank, size = mpi.rank(), mpi.size()
-    mine, neighbour = f"micro.poll.{rank}", f"micro.poll.{(rank - 1) % size}"
     value = np.array([rank], dtype=np.int64)
     tries = int(POLL_TIMEOUT_S * 1000 / poll_ms)
-
-    def reset() -> None:
-        sync_ranks()  # every neighbour has seen the last round's key...
-        sr.delete_tensor(mine)
-        sync_ranks()  # ...and every key is gone before any rank publishes again
-
-    def publish_and_poll() -> None:
-        sr.put_tensor(mine, value)
-        if not sr.poll_tensor(neighbour, poll_ms, tries):
-            raise TimeoutError(f"{neighbour} not visible after {POLL_TIMEOUT_S} s")
-
-    benchmark.pedantic(publish_and_poll, setup=reset, rounds=rounds, warmup_rounds=1)
+    poll = NeighbourPoll("micro.poll", lambda k: sr.put_tensor(k, value), sr.delete_tensor,
+                         lambda k: sr.poll_tensor(k, poll_ms, tries))
+    neighbour = poll.neighbour
+    benchmark.pedantic(poll.round, setup=poll.reset, rounds=rounds, warmup_rounds=1)
     sync_ranks()
 
     assert sr.get_tensor(neighbour).tolist() == [(rank - 1) % size]

@@ -70,3 +70,30 @@ def memcpy_GBps(nbytes: int = 64 * 2**20, rounds: int = 10) -> float:
         np.copyto(dst, src)
         samples.append(time.perf_counter() - start)
     return nbytes / median(samples[1:]) / 1e9
+
+
+class NeighbourPoll:
+    """Put-to-visible rounds: each rank publishes its key while polling for its left neighbour's.
+
+    Use ``benchmark.pedantic(poll.round, setup=poll.reset, ...)``: ``reset`` retracts every key
+    between rounds, only once every neighbour has seen it.
+    """
+
+    def __init__(self, prefix: str, publish: Callable[[str], Any], retract: Callable[[str], Any],
+                 visible: Callable[[str], bool]) -> None:
+        rank, size = mpi.rank(), mpi.size()
+        self.mine, self.neighbour = f"{prefix}.{rank}", f"{prefix}.{(rank - 1) % size}"
+        self._publish, self._retract, self._visible = publish, retract, visible
+
+    def reset(self) -> None:
+        """Between rounds: wait for every rank, retract this rank's key, wait again."""
+        sync_ranks()
+        self._retract(self.mine)
+        sync_ranks()
+
+    def round(self) -> None:
+        """Publish this rank's key and wait until the neighbour's is visible."""
+        self._publish(self.mine)
+        if not self._visible(self.neighbour):
+            raise TimeoutError(f"{self.neighbour} did not become visible in time")
+
