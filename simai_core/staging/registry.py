@@ -38,6 +38,7 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec("filesystem", "simai_core.staging.files", None, "files on a shared file system"),
         BackendSpec("nodelocal", "simai_core.staging.files", None, "files on node-local storage (/dev/shm)", "node"),
         BackendSpec("smartsim", "simai_core.staging.smartsim", "smartsim", "SmartSim Orchestrator + SmartRedis"),
+        BackendSpec("dragon", "simai_core.staging.dragon", "dragon", "Dragon runtime + distributed dictionary (DDict)"),
     )
 }
 
