@@ -41,7 +41,11 @@ _runtime: Any = None  # the LocalRuntime this process started (None: none, or on
 
 def check_available(name: str) -> None:
     """Raise when dragonhpc is missing or the run is under mpiexec (its ranks are not Dragon processes)."""
-    import dragon  # noqa: F401  (ImportError is turned into an install hint by the registry)
+    try:
+        import dragon  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError("Backend 'dragon' needs dragonhpc: install it with pip install -e '.[dragon]' "
+                                      "(or pip install dragonhpc==0.15.0)") from None
 
     if mpi.size() > 1:
         raise BackendUnavailableError(
@@ -174,6 +178,8 @@ class DragonServer(StagingServer):
         t0 = time.perf_counter()
         if runtime is not None:
             runtime.stop(timeout=20)
+            if runtime._proc is not None and runtime._proc.stdout is not None:
+                runtime._proc.stdout.close()  # Dragon leaves the launcher's pipe open (a ResourceWarning)
         self.startup_s["runtime_stop_s"] = time.perf_counter() - t0
         self._reap()
         self._launcher_pid = None
@@ -230,6 +236,7 @@ class DragonClient(StagingClient):
     def __init__(self, address: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         from dragon.data.ddict import DDict
 
+        self._address, self._timeout_s = address, timeout_s
         self._ddict: Any = DDict.attach(address, timeout=timeout_s)
         stats = self._ddict.stats
         self._capacity = int(min(s.total_bytes for s in stats) * _FULL_THRESHOLD)  # a value lives on one manager
@@ -243,7 +250,17 @@ class DragonClient(StagingClient):
         try:
             self._ddict[key] = value
         except (DDictError, TimeoutError) as exc:
+            # A put that timed out leaves the rest of its reply in this client's stream (the next
+            # read fails with "pickle data was truncated"), so start over on a fresh attachment.
+            self._reattach()
             raise _store_error(key, nbytes, exc) from None
+
+    def _reattach(self) -> None:
+        from dragon.data.ddict import DDict
+
+        with contextlib.suppress(Exception):
+            self._ddict.detach()
+        self._ddict = DDict.attach(self._address, timeout=self._timeout_s)
 
     def put_tensor(self, key: str, array: ArrayLike) -> None:
         arr = as_numpy(array)

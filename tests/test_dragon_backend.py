@@ -1,0 +1,135 @@
+"""The Dragon backend against a real Dragon runtime and DDict: round trips, a full store that raises
+instead of hanging, and a stop() that leaves no process and no /dev/shm pool file of this run."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from simai_core import mpi
+from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.staging import registry
+
+pytestmark = [pytest.mark.dragon, pytest.mark.skipif(mpi.size() > 1, reason="starts and stops its own Dragon runtime")]
+DTYPES = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+          "float16", "float32", "float64", "complex64", "complex128"]
+
+
+def _reason() -> str | None:
+    return registry.unavailable_reason("dragon")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A small DDict (64 MiB, 5 s timeout) in a runtime of its own, always stopped."""
+    if (reason := _reason()) is not None:
+        pytest.skip(reason)
+    from simai_core.staging.dragon import DragonServer
+
+    srv = DragonServer(total_mem=64 * 2**20, timeout_s=5.0)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from simai_core.staging.dragon import DragonClient
+
+    c = DragonClient(server.address, timeout_s=5.0)
+    yield c
+    c.close()
+
+
+def test_runtime_up_and_detail(server):
+    detail = server.detail()
+    assert detail["dragon"] == "0.15.0" and detail["managers_per_node"] == 1
+    assert detail["orchestrator_spins_core"] is True and detail["processes"] >= 3
+    assert isinstance(server.address, str) and server.address
+    assert detail["ddict_create_s"] > 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_round_trip_every_dtype(client, dtype):
+    array = (np.random.default_rng(3).standard_normal((3, 1, 5)) * 50).astype(dtype)
+    client.put_tensor(f"dt.{dtype}", array)
+    got = client.get_tensor(f"dt.{dtype}")
+    assert got.dtype == array.dtype and got.shape == array.shape
+    np.testing.assert_array_equal(got, array)
+    out = np.empty_like(array)
+    assert client.get_tensor(f"dt.{dtype}", out=out) is out
+    np.testing.assert_array_equal(out, array)
+
+
+def test_bytes_and_missing(client):
+    client.put_bytes("blob", memoryview(b"\x00abc" * 1000))
+    assert client.get_bytes("blob") == b"\x00abc" * 1000
+    assert client.get_tensor("blob") is None  # a blob is not a tensor
+    assert client.get_tensor("nope") is None and client.get_bytes("nope") is None and not client.exists("nope")
+
+
+def test_raw_reference_round_trip(server):
+    raw = registry.raw_reference("dragon", server.address)
+    try:
+        data = np.arange(4096, dtype=np.uint8)
+        raw.put("raw.k", memoryview(data))
+        raw.get("raw.k", memoryview(np.empty_like(data)))
+        assert "DDict" in raw.description
+        with pytest.raises(KeyError):
+            raw.get("raw.missing", memoryview(data))
+    finally:
+        raw.close()
+
+
+def test_value_larger_than_a_manager_is_refused_at_once(client):
+    t0 = time.monotonic()
+    with pytest.raises(StagingFullError, match="memory_bytes"):
+        client.put_tensor("huge", np.zeros(80 * 2**20, np.uint8))
+    assert time.monotonic() - t0 < 2
+
+
+def test_full_store_raises_instead_of_hanging(client):
+    t0 = time.monotonic()
+    with pytest.raises(StagingFullError, match="full"):
+        for i in range(40):  # 40 x 8 MiB in a 64 MiB DDict
+            client.put_tensor(f"fill.{i}", np.zeros(8 * 2**20, np.uint8))
+    assert time.monotonic() - t0 < 60
+    assert client.clean("fill.") >= 1
+    client.put_tensor("after", np.ones(4))  # usable again once emptied
+    np.testing.assert_array_equal(client.get_tensor("after"), np.ones(4))
+
+
+def test_stop_leaves_nothing_of_this_run(server, client):
+    if server._launcher_pid is None:
+        pytest.skip("a Dragon runtime started elsewhere in this process is in use")
+    from simai_core.staging.dragon import _alive
+
+    pids, launcher = server.pids, server._launcher_pid
+    assert launcher in pids and len(pids) >= 3
+    client.close()
+    server.stop()
+    assert not _alive(pids), f"processes of this run left: {_alive(pids)}"
+    tail = f"DD0{launcher % 1000:03d}"
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(tail) or str(launcher) in f]
+    server.stop()  # twice is harmless
+
+
+def test_under_mpi_the_backend_skips_with_a_reason(monkeypatch):
+    pytest.importorskip("dragon")
+    from simai_core.staging import dragon as backend
+
+    monkeypatch.setattr(mpi, "size", lambda: 2)
+    with pytest.raises(BackendUnavailableError, match="serially or under the dragon launcher"):
+        backend.check_available("dragon")
+
+
+def test_missing_dragonhpc_gives_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dragon", None)  # import dragon -> ImportError
+    with pytest.raises(BackendUnavailableError, match=r"pip install -e '\.\[dragon\]'"):
+        registry.load("dragon")
