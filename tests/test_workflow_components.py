@@ -38,7 +38,7 @@ def test_accounting_adds_up_and_records_events():
         ev["nbytes"] = 8
     acc.stop()
     assert acc.seconds["compute"] >= 0.02 and acc.seconds["data"] >= 0.01
-    assert 0 <= acc.unaccounted_s < 0.005
+    assert 0 <= acc.unaccounted_s < 0.05  # only bookkeeping between sections (generous: a busy machine)
     assert acc.transfer_bytes["data"] == 1000 and acc.transfer_bytes["meta"] == 8
     kinds = [e["kind"] for e in acc.events]
     assert kinds == ["step", "data", "meta"]

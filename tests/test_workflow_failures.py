@@ -129,7 +129,8 @@ def test_serial_workflow_converges_with_complete_accounting(staging, tmp_path):
     assert result.outcome.converged and result.outcome.reason == "tolerance"
     assert result.outcome.final_mse <= cfg.simulation.tolerance
     foms = result.local_foms()
-    assert foms["sim_unaccounted_pct"] < 2 and foms["train_unaccounted_pct"] < 2
+    for report in result.reports:  # complete accounting; an absolute allowance for a descheduled short run
+        assert report.unaccounted_s < max(0.02 * report.wall_s, 0.25), f"{report.component}: accounting gap"
     assert foms["epochs"] >= cfg.trainer.checkpoint_every and foms["steps"] == result.outcome.steps
     kinds = {e["kind"] for e in result.events()}
     assert {"step", "meta", "data", "checkpoint", "inference", "epoch", "wait"} <= kinds

@@ -105,7 +105,10 @@ def test_workflow_converges_over_mpi(shared_files, model):
     assert result.outcome.converged
     assert len(result.reports) == mpi.size()
     for report in result.reports:
-        assert report.unaccounted_s / report.wall_s < 0.02, f"{report.component} {report.rank}: accounting gap"
+        # Complete accounting, not a timing target: on an oversubscribed node a rank can be descheduled
+        # between two sections, so a run of a few seconds gets an absolute allowance too.
+        gap = report.unaccounted_s
+        assert gap < max(0.02 * report.wall_s, 0.25), f"{report.component} {report.rank}: accounting gap {gap:.3f} s"
     assert client.clean(Keys(cfg.run_id).prefix) == 0
 
 
