@@ -3,9 +3,12 @@ instead of hanging, and a stop() that leaves no process and no /dev/shm pool fil
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +28,7 @@ def _reason() -> str | None:
 
 @pytest.fixture(scope="module")
 def server():
-    """A small DDict (64 MiB, 5 s timeout) in a runtime of its own, always stopped."""
+    """A small DDict (64 MiB, 5 s timeout) in this process's runtime, always destroyed."""
     if (reason := _reason()) is not None:
         pytest.skip(reason)
     from simai_core.staging.dragon import DragonServer
@@ -105,19 +108,43 @@ def test_full_store_raises_instead_of_hanging(client):
     np.testing.assert_array_equal(client.get_tensor("after"), np.ones(4))
 
 
-def test_stop_leaves_nothing_of_this_run(server, client):
-    if server._launcher_pid is None:
-        pytest.skip("a Dragon runtime started elsewhere in this process is in use")
-    from simai_core.staging.dragon import _alive
+_CLEANUP_SCRIPT = """
+import json, os
+import numpy as np
+from simai_core.staging import dragon as b
+srv = b.DragonServer(total_mem=32 * 2**20, timeout_s=5.0, owns_runtime=True)
+srv.start()
+c = b.DragonClient(srv.address, timeout_s=5.0)
+c.put_tensor("k", np.arange(10))
+c.close()
+pids, launcher, files = sorted(b._Runtime.pids), b._Runtime.launcher_pid, sorted(b._Runtime.shm_files())
+srv.stop()
+print("RESULT" + json.dumps({"pids": pids, "launcher": launcher, "files_while_up": files,
+                             "left": sorted(b._alive(set(pids))), "leftovers": b._Runtime.leftovers,
+                             "timings": srv.timings_s}))
+"""
 
-    pids, launcher = server.pids, server._launcher_pid
-    assert launcher in pids and len(pids) >= 3
-    client.close()
-    server.stop()
-    assert not _alive(pids), f"processes of this run left: {_alive(pids)}"
-    tail = f"DD0{launcher % 1000:03d}"
-    assert not [f for f in os.listdir("/dev/shm") if f.startswith(tail) or str(launcher) in f]
-    server.stop()  # twice is harmless
+
+def test_stop_leaves_nothing_of_this_run(tmp_path):
+    """A server that owns its runtime, in a fresh process (one runtime per process): nothing outlives stop()."""
+    if _reason() is not None:
+        pytest.skip(_reason())
+    import psutil
+
+    # Without this process's DRAGON_* variables: the child must start a runtime of its own, not half-join ours.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRAGON")}
+    proc = subprocess.run([sys.executable, "-c", _CLEANUP_SCRIPT], capture_output=True, text=True, timeout=90,
+                          cwd=Path(__file__).resolve().parents[1], env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    result = json.loads(line[len("RESULT"):])
+    assert result["launcher"] in result["pids"] and len(result["pids"]) >= 3
+    assert result["files_while_up"], "the run's pool files were not found while it ran"
+    assert not result["left"] and not [p for p in result["pids"] if psutil.pid_exists(p)
+                                       and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    shm = set(os.listdir("/dev/shm"))
+    assert not shm & set(result["files_while_up"]), "this run's /dev/shm pool files are still there"
+    assert result["timings"]["runtime_start_s"] > 0 and result["timings"]["ddict_destroy_s"] >= 0
 
 
 def test_under_mpi_the_backend_skips_with_a_reason(monkeypatch):

@@ -13,14 +13,16 @@ there (the same answer on every rank, so every rank skips).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
 import pickle
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,9 +37,6 @@ _FULL_THRESHOLD = 0.9  # DDict's manager_pool_full_thresh: a manager refuses put
 _RUNTIME_START_S = 60.0
 _ORCHESTRATOR_NOTE = ("the DDict orchestrator busy-polls a whole core while idle; on a 2-core machine that core "
                       "is taken from the benchmark, which matters when reading the numbers")
-
-_runtime: Any = None  # the LocalRuntime this process started (None: none, or one we did not start)
-
 
 def check_available(name: str) -> None:
     """Raise when dragonhpc is missing or the run is under mpiexec (its ranks are not Dragon processes)."""
@@ -103,102 +102,136 @@ def _descendants(pid: int) -> set[int]:
 def _alive(pids: set[int]) -> set[int]:
     import psutil
 
-    return {p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+    alive = set()
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+    return alive
+
+
+class _Runtime:
+    """The Dragon runtime this process started: one per process.
+
+    Dragon 0.15 cannot start a second runtime in a process that stopped one (creating a DDict
+    then fails with DRAGON_OBJECT_DESTROYED), so servers share it and it is stopped at exit,
+    or by a server made with ``owns_runtime=True``.
+    """
+
+    handle: ClassVar[Any] = None
+    launcher_pid: ClassVar[int | None] = None
+    pids: ClassVar[set[int]] = set()
+    shm_before: ClassVar[set[str]] = set()
+    start_s: ClassVar[float | None] = None
+    stopped: ClassVar[bool] = False
+    leftovers: ClassVar[dict[str, list[Any]]] = {}
+
+    @classmethod
+    def ensure(cls) -> None:
+        import dragon
+
+        if cls.handle is not None or dragon.in_dragon():
+            return
+        if cls.stopped:
+            raise RuntimeError("This process already stopped its Dragon runtime; Dragon 0.15 cannot start another one")
+        cls.shm_before = set(os.listdir("/dev/shm"))
+        t0 = time.perf_counter()
+        cls.handle = _start_runtime()
+        cls.start_s = time.perf_counter() - t0
+        cls.launcher_pid = cls.handle._proc.pid
+        cls.pids = {cls.launcher_pid}
+        atexit.register(shutdown_runtime)
+
+    @classmethod
+    def note_processes(cls) -> None:
+        """Remember every process under the launcher now (DDict orchestrators and managers come and go)."""
+        if cls.launcher_pid is not None:
+            cls.pids |= _descendants(cls.launcher_pid)
+
+    @classmethod
+    def shm_files(cls) -> set[str]:
+        """This run's pool files: new since the start and named after the launcher's PID."""
+        if cls.launcher_pid is None:
+            return set()
+        tail, full = f"DD0{cls.launcher_pid % 1000:03d}", str(cls.launcher_pid)
+        new = set(os.listdir("/dev/shm")) - cls.shm_before
+        return {f for f in new if f.startswith(tail) or (f.startswith("DD") and full in f)}
+
+
+def shutdown_runtime() -> dict[str, list[Any]]:
+    """Stop the runtime this process started, kill (by PID) what it left, remove its pool files.
+
+    Returns what had to be cleaned up by force; harmless when no runtime was started.
+    """
+    handle, _Runtime.handle = _Runtime.handle, None
+    if handle is None:
+        return _Runtime.leftovers
+    _Runtime.stopped = True
+    _Runtime.note_processes()
+    handle.stop(timeout=20)
+    if handle._proc is not None and handle._proc.stdout is not None:
+        handle._proc.stdout.close()  # Dragon leaves the launcher's pipe open (a ResourceWarning)
+    deadline = time.monotonic() + 5
+    while _alive(_Runtime.pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = _alive(_Runtime.pids)
+    for pid in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    files = _Runtime.shm_files()
+    for name in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm/{name}")
+    _Runtime.leftovers = {"killed_pids": sorted(survivors), "removed_shm_files": sorted(files)}
+    return _Runtime.leftovers
 
 
 class DragonServer(StagingServer):
-    """A DDict in a Dragon runtime that this server starts (or in the runtime it already runs in)."""
+    """A DDict in this process's Dragon runtime (started on first use, or the one it already runs in)."""
 
     backend = "dragon"
 
-    def __init__(self, total_mem: int = 256 * 2**20, managers_per_node: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, total_mem: int = 256 * 2**20, managers_per_node: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 owns_runtime: bool = False) -> None:
         self.total_mem = total_mem
         self.managers_per_node = managers_per_node
         self.timeout_s = timeout_s
-        self.startup_s: dict[str, float] = {}
-        self.leftovers: dict[str, list[Any]] = {}  # what stop() had to clean up by force
+        self.owns_runtime = owns_runtime  # stop() also stops the runtime (then no later server can run here)
+        self.timings_s: dict[str, float] = {}
         self._ddict: Any = None
         self._address = ""
-        self._launcher_pid: int | None = None
-        self._pids: set[int] = set()
-        self._shm_before: set[str] = set()
 
     @property
     def address(self) -> str:
         return self._address
 
-    @property
-    def pids(self) -> set[int]:
-        """Processes of this run's runtime (launcher and everything under it), seen after the DDict was made."""
-        return set(self._pids)
-
-    def shm_files(self) -> set[str]:
-        """This run's Dragon pool files in /dev/shm."""
-        if self._launcher_pid is None:
-            return set()
-        tail, full = f"{self._launcher_pid % 1000:03d}", str(self._launcher_pid)
-        new = set(os.listdir("/dev/shm")) - self._shm_before
-        return {f for f in new if f.startswith("DD") and (f.startswith(f"DD0{tail}") or full in f)}
-
     def start(self) -> None:
-        import dragon
         from dragon.data.ddict import DDict
 
-        global _runtime
-        if _runtime is None and not dragon.in_dragon():
-            self._shm_before = set(os.listdir("/dev/shm"))
-            t0 = time.perf_counter()
-            _runtime = _start_runtime()
-            self.startup_s["runtime_start_s"] = time.perf_counter() - t0
-            self._launcher_pid = _runtime._proc.pid
+        _Runtime.ensure()
+        if _Runtime.start_s is not None:
+            self.timings_s["runtime_start_s"] = _Runtime.start_s
         try:
             t0 = time.perf_counter()
             self._ddict = DDict(self.managers_per_node, 1, self.total_mem, timeout=self.timeout_s,
                                 manager_pool_full_thresh=_FULL_THRESHOLD)
-            self.startup_s["ddict_create_s"] = time.perf_counter() - t0
+            self.timings_s["ddict_create_s"] = time.perf_counter() - t0
             self._address = self._ddict.serialize()
-            if self._launcher_pid is not None:
-                self._pids = {self._launcher_pid} | _descendants(self._launcher_pid)
+            _Runtime.note_processes()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Destroy the DDict, stop the runtime this server started, then check nothing of this run is left."""
-        global _runtime
+        """Destroy the DDict (and, with ``owns_runtime``, stop the runtime and check nothing of it is left)."""
         ddict, self._ddict = self._ddict, None
         if ddict is not None:
             t0 = time.perf_counter()
             with contextlib.suppress(Exception):  # a runtime that died already took the DDict with it
                 ddict.destroy()
-            self.startup_s["ddict_destroy_s"] = time.perf_counter() - t0
-        if self._launcher_pid is None:
-            return
-        runtime, _runtime = _runtime, None
-        t0 = time.perf_counter()
-        if runtime is not None:
-            runtime.stop(timeout=20)
-            if runtime._proc is not None and runtime._proc.stdout is not None:
-                runtime._proc.stdout.close()  # Dragon leaves the launcher's pipe open (a ResourceWarning)
-        self.startup_s["runtime_stop_s"] = time.perf_counter() - t0
-        self._reap()
-        self._launcher_pid = None
-
-    def _reap(self) -> None:
-        """Kill, by PID, any process of this run still alive; remove only this run's pool files."""
-        pids = self._pids | _descendants(self._launcher_pid or 0)
-        deadline = time.monotonic() + 5
-        while _alive(pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        survivors = _alive(pids)
-        for pid in survivors:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        files = self.shm_files()
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"/dev/shm/{name}")
-        self.leftovers = {"killed_pids": sorted(survivors), "removed_shm_files": sorted(files)}
+            self.timings_s["ddict_destroy_s"] = time.perf_counter() - t0
+        if self.owns_runtime:
+            shutdown_runtime()
 
     def detail(self) -> dict[str, Any]:
         import dragon
@@ -209,9 +242,9 @@ class DragonServer(StagingServer):
             "nodes": 1,
             "total_mem_bytes": self.total_mem,
             "timeout_s": self.timeout_s,
-            "processes": len(_alive(self._pids)),
-            "runtime": "started by the server" if self._launcher_pid is not None else "the surrounding Dragon runtime",
-            **{k: round(v, 3) for k, v in self.startup_s.items()},
+            "processes": len(_alive(_Runtime.pids)),
+            "runtime": "started in this process" if _Runtime.launcher_pid is not None else "the surrounding Dragon runtime",
+            **{k: round(v, 3) for k, v in self.timings_s.items()},
             "orchestrator_spins_core": True,
             "note": _ORCHESTRATOR_NOTE,
         }
