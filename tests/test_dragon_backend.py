@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ def _reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server() -> Iterator[Any]:
     """A small DDict (64 MiB, 5 s timeout) in this process's runtime, always destroyed."""
     if (reason := _reason()) is not None:
         pytest.skip(reason)
@@ -42,7 +44,7 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def client(server: Any) -> Iterator[Any]:
     from simai_core.staging.dragon import DragonClient
 
     c = DragonClient(server.address, timeout_s=5.0)
@@ -50,7 +52,7 @@ def client(server):
     c.close()
 
 
-def test_runtime_up_and_detail(server):
+def test_runtime_up_and_detail(server: Any) -> None:
     detail = server.detail()
     assert detail["dragon"] == "0.15.0" and detail["managers_per_node"] == 1
     assert detail["orchestrator_spins_core"] is True and detail["processes"] >= 3
@@ -59,7 +61,7 @@ def test_runtime_up_and_detail(server):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_round_trip_every_dtype(client, dtype):
+def test_round_trip_every_dtype(client: Any, dtype: Any) -> None:
     array = (np.random.default_rng(3).standard_normal((3, 1, 5)) * 50).astype(dtype)
     client.put_tensor(f"dt.{dtype}", array)
     got = client.get_tensor(f"dt.{dtype}")
@@ -70,34 +72,34 @@ def test_round_trip_every_dtype(client, dtype):
     np.testing.assert_array_equal(out, array)
 
 
-def test_bytes_and_missing(client):
+def test_bytes_and_missing(client: Any) -> None:
     client.put_bytes("blob", memoryview(b"\x00abc" * 1000))
     assert client.get_bytes("blob") == b"\x00abc" * 1000
     assert client.get_tensor("blob") is None  # a blob is not a tensor
     assert client.get_tensor("nope") is None and client.get_bytes("nope") is None and not client.exists("nope")
 
 
-def test_raw_reference_round_trip(server):
+def test_raw_reference_round_trip(server: Any) -> None:
     raw = registry.raw_reference("dragon", server.address)
     try:
         data = np.arange(4096, dtype=np.uint8)
-        raw.put("raw.k", memoryview(data))
-        raw.get("raw.k", memoryview(np.empty_like(data)))
+        raw.put("raw.k", data.data)
+        raw.get("raw.k", np.empty_like(data).data)
         assert "DDict" in raw.description
         with pytest.raises(KeyError):
-            raw.get("raw.missing", memoryview(data))
+            raw.get("raw.missing", data.data)
     finally:
         raw.close()
 
 
-def test_value_larger_than_a_manager_is_refused_at_once(client):
+def test_value_larger_than_a_manager_is_refused_at_once(client: Any) -> None:
     t0 = time.monotonic()
     with pytest.raises(StagingFullError, match="memory_bytes"):
         client.put_tensor("huge", np.zeros(80 * 2**20, np.uint8))
     assert time.monotonic() - t0 < 2
 
 
-def test_full_store_raises_instead_of_hanging(client):
+def test_full_store_raises_instead_of_hanging(client: Any) -> None:
     t0 = time.monotonic()
     with pytest.raises(StagingFullError, match="full"):
         for i in range(40):  # 40 x 8 MiB in a 64 MiB DDict
@@ -125,10 +127,10 @@ print("RESULT" + json.dumps({"pids": pids, "launcher": launcher, "files_while_up
 """
 
 
-def test_stop_leaves_nothing_of_this_run(tmp_path):
+def test_stop_leaves_nothing_of_this_run(tmp_path: Any) -> None:
     """A server that owns its runtime, in a fresh process (one runtime per process): nothing outlives stop()."""
-    if _reason() is not None:
-        pytest.skip(_reason())
+    if (reason := _reason()) is not None:
+        pytest.skip(reason)
     import psutil
 
     # Without this process's DRAGON_* variables: the child must start a runtime of its own, not half-join ours.
@@ -147,7 +149,7 @@ def test_stop_leaves_nothing_of_this_run(tmp_path):
     assert result["timings"]["runtime_start_s"] > 0 and result["timings"]["ddict_destroy_s"] >= 0
 
 
-def test_under_mpi_the_backend_skips_with_a_reason(monkeypatch):
+def test_under_mpi_the_backend_skips_with_a_reason(monkeypatch: Any) -> None:
     pytest.importorskip("dragon")
     from simai_core.staging import dragon as backend
 
@@ -156,7 +158,7 @@ def test_under_mpi_the_backend_skips_with_a_reason(monkeypatch):
         backend.check_available("dragon")
 
 
-def test_missing_dragonhpc_gives_the_install_hint(monkeypatch):
+def test_missing_dragonhpc_gives_the_install_hint(monkeypatch: Any) -> None:
     monkeypatch.setitem(sys.modules, "dragon", None)  # import dragon -> ImportError
     with pytest.raises(BackendUnavailableError, match=r"pip install -e '\.\[dragon\]'"):
         registry.load("dragon")

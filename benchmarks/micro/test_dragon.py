@@ -11,6 +11,7 @@ Note: the DDict orchestrator spins a core while idle (see ``backend_detail``).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def _rounds(size: int) -> int:
     return 20 if size <= 2**16 else 8 if size <= 2**22 else 4
 
 
-def _timed(fn, rounds: int) -> list[float]:
+def _timed(fn: Any, rounds: int) -> list[float]:
     fn()  # warm-up
     samples = []
     for _ in range(rounds):
@@ -40,7 +41,7 @@ def _timed(fn, rounds: int) -> list[float]:
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
-def test_concurrent_workers(benchmark, backend, staging, staging_pool, simai_run, size):
+def test_concurrent_workers(benchmark: Any, backend: Any, staging: Any, staging_pool: Any, simai_run: Any, size: Any) -> None:
     from dragon.native.barrier import Barrier
     from dragon.native.process import Process
     from dragon.native.queue import Queue
@@ -76,7 +77,7 @@ def test_concurrent_workers(benchmark, backend, staging, staging_pool, simai_run
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
-def test_batched_put(benchmark, backend, staging, simai_run, size):
+def test_batched_put(benchmark: Any, backend: Any, staging: Any, simai_run: Any, size: Any) -> None:
     ddict = staging.ddict
     rounds = max(2, _rounds(size) // 2)
     data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
@@ -106,7 +107,7 @@ def test_batched_put(benchmark, backend, staging, simai_run, size):
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
-def test_frozen_get(benchmark, backend, staging, simai_run, size):
+def test_frozen_get(benchmark: Any, backend: Any, staging: Any, simai_run: Any, size: Any) -> None:
     ddict = staging.ddict
     rounds = _rounds(size)
     data = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8)
