@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,34 @@ def test_a_mismatched_launcher_is_refused():
     assert "MPI sees a world of 1" in proc.stdout + proc.stderr and ".venv/bin/mpiexec" in proc.stdout + proc.stderr
 
 
+def mpich_segments() -> set[Path]:
+    return set(Path("/dev/shm").glob("mpich_shm_*"))
+
+
+def in_use(path: Path) -> bool:
+    """Whether any process still maps or holds ``path`` open."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(path) in (proc / "maps").read_text():
+                return True
+            if any(os.readlink(fd) == str(path) for fd in (proc / "fd").iterdir()):
+                return True
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    return False
+
+
 def test_a_failing_rank_aborts_the_job():
+    before = mpich_segments()
     proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "pytest", "tests/mpi_cases/case_rank_failure.py", "-q"], timeout=120)
     assert proc.returncode != 0
     assert "rank 1 gives up" in proc.stderr
     assert "aborting all ranks" in proc.stderr
+    # MPI_Abort skips MPICH's clean-up of its shared-memory segment: remove the one this job left.
+    # Killed ranks may still be exiting when mpiexec returns: wait for them to let go.
+    for leftover in mpich_segments() - before:
+        deadline = time.monotonic() + 10
+        while in_use(leftover) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not in_use(leftover):
+            leftover.unlink(missing_ok=True)
