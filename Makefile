@@ -64,6 +64,8 @@ test: setup lint
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest benchmarks/micro -q \
 	  -m "micro and (redis or nodelocal or smartsim or adios2)" --simai-sizes 1KiB,1MiB --simai-rounds 3 \
 	  --benchmark-json $(RESULTS)/ci-micro-np$(NP).json
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest benchmarks/mini -q -m "mini and adios2" -k mlp \
+	  --simai-problem-size debug --simai-step-time 0.1 --benchmark-json $(RESULTS)/ci-mini-sst-np$(NP).json
 
 clean:
 	rm -rf $(RESULTS) .benchmarks

@@ -90,10 +90,25 @@ def test_window_keeps_the_newest_steps_and_batches_agree():
     assert list(window.steps) == [5, 10] and evicted == [0] and len(window.arrays) == 4
     # This rank owns 2 of the largest share of 3: it still runs the batches of the largest share.
     batches = PointBatches(window, batch=4, max_owned=3, device=torch.device("cpu"), seed=0)
-    got = list(batches.epoch())
-    assert len(got) == batches.n_batches() == 15  # ceil(3 ranks * 2 steps * 10 points / 4)
+    got = list(batches.epoch(2))
+    assert len(got) == batches.n_batches(2) == 15  # ceil(3 ranks * 2 steps * 10 points / 4)
     x, _, _, y = got[0]
     assert x.shape == (4, 1) and torch.equal(x, y)
+    # Another rank's window holds a step more: this one runs that many batches too.
+    assert len(list(batches.epoch(3))) == 23  # ceil(3 * 3 * 10 / 4)
+
+
+def test_window_takes_a_step_whose_snapshots_arrive_apart():
+    """Streamed data: one owned rank's snapshot of a step may come a poll later, or never (async discard)."""
+    from simai_core.workflow.dataset import SnapshotWindow
+
+    window = SnapshotWindow((0, 1), n_in=1, window=None)
+    window.add_step(0, {0: np.zeros((3, 2))})
+    window.add_step(5, {0: np.ones((3, 2)), 1: np.ones((3, 2))})
+    window.add_step(0, {1: np.zeros((3, 2))})
+    window.add_step(10, {1: np.full((3, 2), 2.0)})  # rank 0's step 10 was discarded
+    assert list(window.steps) == [0, 5, 10]
+    assert [(rank, float(a[0, 0])) for rank, a in window.samples()] == [(0, 0.0), (1, 0.0), (0, 1.0), (1, 1.0), (1, 2.0)]
 
 
 def test_heartbeat_and_monitor(files):

@@ -112,6 +112,27 @@ def test_workflow_converges_over_mpi(shared_files, model):
     assert client.clean(Keys(cfg.run_id).prefix) == 0
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_streamed_workflow_converges_over_mpi(shared_files, tmp_path, mode):
+    """Each simulation rank streams to the trainer rank that owns it; trainers with unequal windows stay in step."""
+    pytest.importorskip("adios2")
+    from simai_core.workflow.driver import run_mpi
+
+    client, address = shared_files
+    cfg = WorkflowConfig.model_validate({**FAST, "streamed_data": {"mode": mode}})
+    result = run_mpi(cfg, "filesystem", address, mpi.world(), workdir=tmp_path)
+    result.raise_for_errors()
+    assert result.outcome.converged
+    detail = result.detail()
+    sync_steps = -(-result.outcome.steps // cfg.simulation.train_interval)
+    assert detail["stream_steps_written"] == detail["sim_ranks"] * sync_steps
+    assert detail["stream_steps_written"] - detail["stream_steps_received"] == detail["stream_discarded_steps"]
+    if mode == "sync":
+        assert detail["stream_discarded_steps"] == 0
+    assert client.clean(Keys(cfg.run_id).prefix) == 0
+
+
 @pytest.mark.timeout(300)
 def test_silent_trainer_fails_every_simulation_rank(shared_files):
     from simai_core.workflow.simulation import run_simulation

@@ -22,6 +22,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("simai-mini", "SimAI-Bench mini benchmarks")
     for name, (default, help_text) in _OPTIONS.items():
         group.addoption(name, default=default, help=help_text)
+    group.addoption("--simai-stream-control", default="redis",
+                    help="staging backend of the control keys and checkpoints when the data are streamed (default redis)")
+    group.addoption("--simai-stream-queue", type=int, default=2,
+                    help="SST queue limit of the streamed data path (default 2; 1 costs ~40 ms per small step here)")
     group.addoption("--simai-allow-unconverged", action="store_true", default=False,
                     help="record a run whose surrogate did not converge without failing the test")
 

@@ -7,6 +7,12 @@ trainer runs as a separate process. FOMs go to ``extra_info``; per-event samples
 JSON-lines sidecar next to the benchmark JSON (``simai.events``). A run whose
 surrogate did not converge is recorded and fails the test unless
 ``--simai-allow-unconverged`` is given.
+
+``test_online_training_streamed`` (marker ``adios2``) sends the snapshots over ADIOS2 SST
+streams instead, one per simulation rank to the trainer rank that owns it, in sync and
+async mode; control keys, the GNN graphs and the checkpoints still go through a staging
+backend (``--simai-stream-control``, default redis), named in ``backend_detail``. Its
+``backend`` is ``adios2`` and it adds the FOM ``discarded_steps``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import pytest
 from simai_core import mpi
 from simai_core.bench.record import record
 from simai_core.events import write_events
-from simai_core.workflow.config import WorkflowConfig
+from simai_core.fom import RunInfo
+from simai_core.staging import registry
+from simai_core.workflow.config import StreamedDataConfig, WorkflowConfig
 from simai_core.workflow.driver import WorkflowResult, colocated_address, run_workflow
 from simai_core.workflow.report import MOTIF6_FOMS
 
@@ -31,7 +39,8 @@ pytestmark = [pytest.mark.mini, pytest.mark.motif6]
 MAX_UNACCOUNTED_PCT = 2.0
 
 
-def motif6_config(config: pytest.Config, deployment: str, model: str) -> WorkflowConfig:
+def motif6_config(config: pytest.Config, deployment: str, model: str,
+                  streamed: StreamedDataConfig | None = None) -> WorkflowConfig:
     """The workflow configuration from the command-line options (reference defaults otherwise)."""
 
     def opt(name: str) -> Any:
@@ -46,6 +55,7 @@ def motif6_config(config: pytest.Config, deployment: str, model: str) -> Workflo
         "simulation": {k: v for k, v in sim.items() if v is not None},
         "trainer": {k: v for k, v in trainer.items() if v is not None},
         "deployment": deployment,
+        "streamed_data": streamed.model_dump() if streamed is not None else None,
     }
     if opt("--simai-sim-fraction") is not None:
         data["sim_fraction"] = opt("--simai-sim-fraction")
@@ -67,15 +77,20 @@ def write_sidecar(config: pytest.Config, nodeid: str, result: WorkflowResult, tm
     return reference
 
 
+def needs(model: str) -> None:
+    """Skip with the reason when the workflow's optional dependencies are missing."""
+    pytest.importorskip("torch")
+    pytest.importorskip("mpipartition")
+    if model == "gnn":
+        pytest.importorskip("torch_geometric")
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("model", ["mlp", "gnn"])
 @pytest.mark.parametrize("deployment", ["clustered", "colocated"])
 def test_online_training(benchmark, backend, staging, staging_pool, simai_run, simai_profile, pytestconfig,
                          request, tmp_path, deployment, model):
-    pytest.importorskip("torch")
-    pytest.importorskip("mpipartition")
-    if model == "gnn":
-        pytest.importorskip("torch_geometric")
+    needs(model)
     cfg = motif6_config(pytestconfig, deployment, model)
     world = mpi.world()
     shared = staging_pool.address(backend)
@@ -88,21 +103,63 @@ def test_online_training(benchmark, backend, staging, staging_pool, simai_run, s
                                 profile_backend=simai_profile.ddp_backend)
 
     result = benchmark.pedantic(run_once, rounds=1, iterations=1)
-    result.raise_for_errors()
+    record_workflow(benchmark, pytestconfig, request, tmp_path, cfg, result,
+                    lambda params, **extra: simai_run(backend, params, deployment=deployment, **extra))
 
+
+@pytest.mark.adios2
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("model", ["mlp", "gnn"])
+def test_online_training_streamed(benchmark, staging_pool, simai_run, simai_profile, pytestconfig, request, tmp_path,
+                                  model, mode):
+    from simai_core.streaming.adios2_setup import unavailable_reason
+
+    needs(model)
+    control = pytestconfig.getoption("--simai-stream-control")
+    for reason in (unavailable_reason(), registry.unavailable_reason(control)):
+        if reason is not None:
+            pytest.skip(reason)
+    staging = simai_profile.staging
+    streamed = StreamedDataConfig(mode=mode, queue_limit=pytestconfig.getoption("--simai-stream-queue"),
+                                  network_interface=staging.network_interface, data_plane=staging.stream_data_plane,
+                                  directory=str(staging.shared_path / "streams") if staging.shared_path else None)
+    cfg = motif6_config(pytestconfig, "clustered", model, streamed)
+    staging_pool.client(control)  # starts the control server (collective)
+    address = staging_pool.address(control)
+    result = benchmark.pedantic(run_workflow, args=(cfg, control, address, tmp_path),
+                                kwargs={"world": mpi.world(), "profile_backend": simai_profile.ddp_backend},
+                                rounds=1, iterations=1)
+
+    def run_info(params: dict[str, Any], **extra: Any) -> RunInfo:
+        detail = {**params.pop("data_path", {}), "control_backend": control,
+                  "control_detail": staging_pool.detail(control)}
+        run: RunInfo = simai_run(control, params, deployment="clustered", **extra)
+        return run.model_copy(update={"backend": "adios2", "backend_detail": detail})
+
+    foms = record_workflow(benchmark, pytestconfig, request, tmp_path, cfg, result, run_info)
+    if mode == "sync":
+        assert foms["discarded_steps"].value == 0, "a sync stream lost steps"
+
+
+def record_workflow(benchmark: Any, config: pytest.Config, request: pytest.FixtureRequest, tmp_path: Path,
+                    cfg: WorkflowConfig, result: WorkflowResult, run_info: Any) -> dict[str, Any]:
+    """Record a finished run's FOMs (``run_info(params, **extra)`` builds its ``simai`` block) and check it."""
+    result.raise_for_errors()
     outcome = result.outcome
-    events = write_sidecar(pytestconfig, request.node.nodeid, result, tmp_path)
-    params = {"problem_size": cfg.problem.size, "model": model, "tolerance": cfg.simulation.tolerance,
+    events = write_sidecar(config, request.node.nodeid, result, tmp_path)
+    params = {"problem_size": cfg.problem.size, "model": cfg.model_kind, "tolerance": cfg.simulation.tolerance,
               "train_interval": cfg.simulation.train_interval, "step_time_s": cfg.simulation.step_time_s,
               "step_cost": cfg.simulation.step_cost, "sim_fraction": cfg.sim_fraction,
               "checkpoint_every": cfg.trainer.checkpoint_every, "window": cfg.trainer.window,
               "mini_batch": cfg.trainer.batch_size(), **result.detail()}
-    run = simai_run(backend, params, deployment=deployment, outcome=outcome.model_dump(), events=events)
+    run = run_info(params, outcome=outcome.model_dump(), events=events)
     foms = record(benchmark, run, result.local_foms(), MOTIF6_FOMS)
 
     for name in ("sim_unaccounted_pct", "train_unaccounted_pct"):
         assert foms[name].ranks.max < MAX_UNACCOUNTED_PCT, f"{name} = {foms[name].ranks.max:.2f} % (accounting gap)"
-    if not outcome.converged and not pytestconfig.getoption("--simai-allow-unconverged", default=False):
+    if not outcome.converged and not config.getoption("--simai-allow-unconverged", default=False):
         pytest.fail(f"the surrogate did not converge: stopped by {outcome.reason} after {outcome.steps} steps, "
                     f"final MSE {outcome.final_mse} > tolerance {outcome.tolerance} (use --simai-allow-unconverged "
                     "to record such runs without failing)")
+    return foms

@@ -8,6 +8,7 @@ It also owns the suite's options, the backend parametrisation and the staging fi
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import os
 import shutil
@@ -120,6 +121,7 @@ def _configure_mpi(config: pytest.Config) -> None:
         # One report, from rank 0: the others would print N copies of the same tables. Their
         # failures still reach stderr through the abort hook.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+        atexit.register(sys.stdout.close)  # closed, not collected: no ResourceWarning at exit
         for option in ("benchmark_json", "benchmark_save", "benchmark_compare"):
             if hasattr(config.option, option):
                 setattr(config.option, option, None)

@@ -159,6 +159,7 @@ class StreamReader(ABC):
 
     def __init__(self) -> None:
         self.received: list[int] = []  # step ids received, in order
+        self.ended = False  # the end of the stream was seen
         self._in_step = False
 
     @abstractmethod
@@ -168,6 +169,7 @@ class StreamReader(ABC):
     def next_step(self, timeout_s: float | None = None) -> StepInfo | None:
         """Wait for the next step; None at the end of the stream, :class:`StreamTimeoutError` on the deadline."""
         result = self._step(timeout_s)
+        self.ended = result is StepStatus.END
         if result is StepStatus.NOT_READY:
             raise StreamTimeoutError(f"no step arrived on the {self.backend} stream within {self._timeout(timeout_s):g} s")
         return None if result is StepStatus.END else result
@@ -178,6 +180,14 @@ class StreamReader(ABC):
         if result is StepStatus.END:
             raise StreamError(f"the {self.backend} stream ended")
         return None if result is StepStatus.NOT_READY else result
+
+    def try_step(self, timeout_s: float = 0.0) -> StepInfo | None:
+        """The next step if one is ready within ``timeout_s``, else None (also at the end: see :attr:`ended`)."""
+        if self.ended:
+            return None
+        result = self._step(timeout_s)
+        self.ended = result is StepStatus.END
+        return result if isinstance(result, StepInfo) else None
 
     @abstractmethod
     def get(self, name: str, out: np.ndarray | None = None) -> np.ndarray:

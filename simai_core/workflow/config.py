@@ -84,6 +84,34 @@ class TrainerConfig(BaseModel):
         return 64 if self.model.kind == "mlp" else 1
 
 
+class StreamedDataConfig(BaseModel):
+    """Send the snapshots over ADIOS2 SST streams (one per simulation rank, read by the trainer that owns it).
+
+    Only the snapshots move to the streams: control keys, the GNN graphs and the
+    checkpoints stay in the staging area, which a stream has no place for (nothing
+    persists after a step, and no key can be fetched twice).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: the simulation waits for the trainer when the queue is full, no step is lost; "
+                            "async: it never waits and steps that find the queue full are discarded (counted)"
+    )
+    queue_limit: int = Field(2, ge=1, description="Steps an SST writer holds for its reader")
+    network_interface: str = Field("lo", description="NIC of the SST data and control planes")
+    data_plane: Literal["auto", "WAN", "RDMA", "UCX", "MPI"] = Field("auto", description="SST data plane")
+    directory: str | None = Field(
+        None, description="Where writers leave their contact files (shared by both components; set by the driver "
+                          "when None: the profile's shared path, else the first rank's run directory)"
+    )
+
+    def stream_path(self, run_id: str, sim_rank: int) -> str:
+        """The stream name of one simulation rank (its contact file is this plus ``.sst``)."""
+        if self.directory is None:
+            raise ValueError("the stream directory is not set (the driver sets it before the run)")
+        return f"{self.directory}/simai-{run_id}-sim{sim_rank}"
+
+
 class WorkflowConfig(BaseModel):
     """Everything both components must agree on; serialisable to JSON for subprocess launches."""
 
@@ -92,6 +120,9 @@ class WorkflowConfig(BaseModel):
     graph: GraphConfig = Field(default_factory=GraphConfig, description="GNN mesh graph")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig, description="Simulation loop")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Online trainer")
+    streamed_data: StreamedDataConfig | None = Field(
+        None, description="Snapshots over ADIOS2 SST streams instead of the staging area (None: staging)"
+    )
     deployment: Deployment = Field("clustered", description="clustered: one staging server; colocated: one per node")
     sim_fraction: float = Field(0.5, gt=0, lt=1, description="Share of ranks (per node if colocated) that simulate")
     run_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], description="Prefix of every staging key")

@@ -4,7 +4,9 @@ Only snapshots of new sync steps are fetched (the reference re-fetched the whole
 history on every update); an optional window keeps the newest N steps. Every trainer
 rank runs the same number of mini-batches per epoch (DDP all-reduces per batch, so a
 rank with fewer batches would hang the others): the count follows from the largest
-per-trainer share, and ranks with less data wrap around their shuffled samples.
+per-trainer share and the largest window of any trainer rank (passed to ``epoch``), and
+ranks with less data wrap around their shuffled samples. A streamed step may miss some
+of the owned ranks' snapshots (discarded in async mode, or not arrived yet).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ class SnapshotWindow:
         return len(self.steps)
 
     def add_step(self, step: int, arrays: dict[int, np.ndarray]) -> list[int]:
-        """Add one sync step's snapshots (one per owned rank); returns evicted steps."""
-        self.steps.append(step)
+        """Add snapshots of one sync step (some or all owned ranks'); returns evicted steps."""
+        if step not in self.steps:
+            self.steps.append(step)
         for rank, array in arrays.items():
             self.arrays[(rank, step)] = array
         evicted = []
@@ -48,7 +51,8 @@ class SnapshotWindow:
 
     def samples(self) -> list[tuple[int, np.ndarray]]:
         """(simulation rank, snapshot) pairs, oldest step first."""
-        return [(rank, self.arrays[(rank, step)]) for step in self.steps for rank in self.owned]
+        return [(rank, self.arrays[(rank, step)]) for step in self.steps for rank in self.owned
+                if (rank, step) in self.arrays]
 
 
 class PointBatches:
@@ -69,16 +73,16 @@ class PointBatches:
         self.y = table[:, self.window.n_in :].contiguous().to(self.device)
         self._version = self.window.version
 
-    def n_batches(self) -> int:
-        """Batches per epoch, equal on every trainer rank."""
-        per_snapshot = len(self.x) // max(1, len(self.window) * len(self.window.owned))
-        return math.ceil(self.max_owned * len(self.window) * per_snapshot / self.batch)
+    def n_batches(self, steps: int) -> int:
+        """Batches per epoch over ``steps`` steps: equal on every trainer rank given the same ``steps``."""
+        per_snapshot = len(self.x) // max(1, len(self.window.samples()))
+        return math.ceil(self.max_owned * steps * per_snapshot / self.batch)
 
-    def epoch(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    def epoch(self, steps: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Yield ``(x, edge_index, pos, y)`` per mini-batch (the graph tensors are empty)."""
         self._refresh()
         n = len(self.x)
-        count = self.n_batches()
+        count = self.n_batches(steps)
         order = torch.randperm(n, generator=self.gen).repeat(math.ceil(count * self.batch / n))
         empty_e = torch.empty((2, 0), dtype=torch.long, device=self.device)
         empty_p = torch.empty((0, 1), device=self.device)
@@ -110,14 +114,14 @@ class GraphBatches:
             self._items.append((rank, table[:, :n_in].contiguous(), table[:, n_in:].contiguous()))
         self._version = self.window.version
 
-    def n_batches(self) -> int:
-        """Batches per epoch, equal on every trainer rank."""
-        return math.ceil(self.max_owned * len(self.window) / self.batch)
+    def n_batches(self, steps: int) -> int:
+        """Batches per epoch over ``steps`` steps: equal on every trainer rank given the same ``steps``."""
+        return math.ceil(self.max_owned * steps / self.batch)
 
-    def epoch(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    def epoch(self, steps: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Yield ``(x, edge_index, pos, y)`` per mini-batch of ``batch`` graphs."""
         self._refresh()
-        count = self.n_batches()
+        count = self.n_batches(steps)
         order = torch.randperm(len(self._items), generator=self.gen)
         order = order.repeat(math.ceil(count * self.batch / len(order)))
         for b in range(count):

@@ -76,17 +76,37 @@ class WorkflowResult(BaseModel):
         out: dict[str, Any] = {"mode": self.mode, "sim_ranks": len(sims), "trainer_ranks": len(trainers),
                                "staging_scopes": len({r.scope for r in self.reports}),
                                "trainer_process": "subprocess" if self.mode == "serial" else "mpi_ranks"}
-        for key in ("graph_builder", "graph_edges"):
+        for key in ("graph_builder", "graph_edges", "data_path"):
             if key in sims[0].detail:
                 out[key] = sims[0].detail[key]
         for key in ("device", "dist_backend", "n_parameters", "final_loss"):
             if trainers and key in trainers[0].detail:
                 out[key] = trainers[0].detail[key]
+        counters = {k for r in trainers for k in r.detail if k.startswith("stream_")}
+        for key in sorted(counters):  # streamed data path: steps written, received, late, discarded (all streams)
+            out[key] = sum(int(r.detail.get(key, 0)) for r in trainers)
         return out
 
 
-def run_mpi(cfg: WorkflowConfig, backend: str, address: str, world: Any, profile_backend: str | None = None) -> WorkflowResult:
-    """Run the workflow over every rank of ``world`` (collective); ``address`` is this rank's staging server."""
+def with_stream_directory(cfg: WorkflowConfig, workdir: Path) -> WorkflowConfig:
+    """``cfg`` with the streams' contact-file directory set (``workdir/streams`` unless it is set) and created."""
+    data = cfg.streamed_data
+    if data is None:
+        return cfg
+    directory = Path(data.directory) if data.directory is not None else workdir / "streams"
+    directory.mkdir(parents=True, exist_ok=True)
+    return cfg.model_copy(update={"streamed_data": data.model_copy(update={"directory": str(directory)})})
+
+
+def run_mpi(cfg: WorkflowConfig, backend: str, address: str, world: Any, profile_backend: str | None = None,
+            workdir: Path | None = None) -> WorkflowResult:
+    """Run the workflow over every rank of ``world`` (collective); ``address`` is this rank's staging server.
+
+    Streams meet in rank 0's ``workdir`` unless the configuration names a directory (on several
+    nodes it must be one that every node sees).
+    """
+    if world.Get_rank() == 0 and workdir is not None:
+        cfg = with_stream_directory(cfg, workdir)
     cfg = world.bcast(cfg, root=0)  # one configuration (and run_id) for every rank
     role = plan_layout(world, cfg.deployment, cfg.sim_fraction)
     start = world.bcast(time.time(), root=0)
@@ -109,6 +129,7 @@ def run_serial(cfg: WorkflowConfig, backend: str, address: str, workdir: Path,
     from mpi4py import MPI
 
     start = time.time()
+    cfg = with_stream_directory(cfg, workdir)
     trainer = ComponentProcess("train", cfg, backend, address, workdir, start, profile_backend)
     client = registry.connect(backend, address)
     try:
@@ -125,7 +146,7 @@ def run_workflow(cfg: WorkflowConfig, backend: str, address: str, workdir: Path,
                  profile_backend: str | None = None) -> WorkflowResult:
     """``run_mpi`` when ``world`` has several ranks, else ``run_serial``."""
     if world is not None and world.Get_size() > 1:
-        return run_mpi(cfg, backend, address, world, profile_backend)
+        return run_mpi(cfg, backend, address, world, profile_backend, workdir)
     return run_serial(cfg, backend, address, workdir, profile_backend)
 
 

@@ -8,7 +8,8 @@ key                    writer      content
 ``meta/size``          sim heads   int64 ``[n_points, n_in, n_out, dim, sim_size, interval]``
 ``graph/<s>/pos``      sim rank s  coordinates ``(n, dim)`` (GNN only)
 ``graph/<s>/edges``    sim rank s  int64 edge index ``(2, E)`` (GNN only)
-``data/<s>/<step>``    sim rank s  snapshot ``(n, 2 n_in)`` at a sync step
+``data/<s>/<step>``    sim rank s  snapshot ``(n, 2 n_in)`` at a sync step (staged data path)
+``stream/<s>/steps``   sim rank s  int64 ``[steps written]`` to its stream (streamed data path)
 ``sim/status``         sim heads   int64 ``[last_complete_step, stop_code, heartbeat]``
 ``train/status``       trainer hd  int64 ``[checkpoint_version, epoch, done, heartbeat]``
 ``train/model``        trainer hd  TorchScript checkpoint (bytes)
@@ -67,6 +68,10 @@ class Keys:
     def data(self, sim_rank: int, step: int) -> str:
         """Snapshot of a simulation rank at a sync step."""
         return f"{self.prefix}data/{sim_rank}/{step}"
+
+    def stream_steps(self, sim_rank: int) -> str:
+        """Steps a simulation rank wrote to its stream, published before it closes the stream."""
+        return f"{self.prefix}stream/{sim_rank}/steps"
 
     def error(self, component: str) -> str:
         """Failure message of a component."""

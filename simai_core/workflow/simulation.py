@@ -12,6 +12,7 @@ stops once the MSE stayed under ``tolerance`` for ``success_checks`` consecutive
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from simai_core.workflow.layout import Role
 from simai_core.workflow.problem import WaveProblem
 from simai_core.workflow.protocol import STOP_REASONS, Heartbeat, Keys, PeerMonitor, WorkflowError
 from simai_core.workflow.report import ComponentReport, Outcome
+from simai_core.workflow.snapshots import make_sender
 from simai_core.workflow.timers import Accounting
 
 
@@ -57,13 +59,14 @@ class Simulation:
         self.monitor = PeerMonitor(client, self.keys, "train", 3, cfg.startup_timeout_s, cfg.peer_timeout_s)
         self.heartbeat = Heartbeat(client, self.keys.sim_status, cfg.heartbeat_interval_s)
         self.kernel = StepKernel(cfg.simulation)
+        self.sender = make_sender(cfg, client, self.keys, role.rank)
         self.model: Any = None
         self.loaded_version = 0
         self.mse: float | None = None
         self.persistence_mse: float | None = None
         self.successes = 0
         self.last_step = -1
-        self.detail: dict[str, Any] = {}
+        self.detail: dict[str, Any] = {"data_path": self.sender.describe()}
 
     def run(self) -> ComponentReport:
         """Run the time loop to its stop; heads publish the stop reason."""
@@ -81,6 +84,12 @@ class Simulation:
             if self.role.is_head:
                 with self.acc.section("meta"):
                     self.heartbeat.write([self.last_step, STOP_REASONS[reason]], force=True)
+            with self.acc.section("wait", what="data_close"):
+                self.sender.close()  # a stream waits here until the trainer has read every queued step
+        except BaseException:
+            with contextlib.suppress(Exception):  # the original error matters, not a follow-up one
+                self.sender.close()
+            raise
         finally:
             self.acc.stop()
         skill = (1 - self.mse / self.persistence_mse) if self.mse is not None and self.persistence_mse else None
@@ -106,6 +115,8 @@ class Simulation:
                 self.client.put_tensor(self.keys.size, size)
             with self.acc.section("meta"):
                 self.heartbeat.write([-1, 0], force=True)
+        with self.acc.section("wait", what="data_open"):
+            self.sender.open()  # a sync stream waits here for its reader
 
     def _graph(self) -> tuple[Any, Any]:
         """Build this rank's kNN graph once and publish it (coordinates + edges) for the trainer."""
@@ -142,7 +153,7 @@ class Simulation:
         if versions and min(versions.values()) > 0:
             self._infer(versions[self.role.scope], step)
         with self.acc.section("data", nbytes=self.buf.nbytes, step=step):
-            self.client.put_tensor(self.keys.data(self.role.rank, step), self.buf)
+            self.sender.send(step, self.buf)
         with self.acc.section("wait"):
             self.role.comm.Barrier()
         self.last_step = step

@@ -28,6 +28,7 @@ from simai_core.workflow.dataset import GraphBatches, PointBatches, SnapshotWind
 from simai_core.workflow.layout import Role
 from simai_core.workflow.protocol import Heartbeat, Keys, PeerMonitor, WorkflowError
 from simai_core.workflow.report import ComponentReport
+from simai_core.workflow.snapshots import SnapshotSource, make_source
 from simai_core.workflow.timers import Accounting
 
 _MAX_IDLE_SLEEP_S = 0.05
@@ -47,8 +48,9 @@ class Trainer:
         self.heartbeat = Heartbeat(client, self.keys.train_status, cfg.heartbeat_interval_s)
         self.epoch = 0
         self.version = 0
-        self.loaded_step = -1
         self.last_loss: float | None = None
+        self.source: SnapshotSource | None = None
+        self.data_counters: dict[str, int] = {}
         self._idle_sleep = 1e-3
 
     def run(self) -> ComponentReport:
@@ -61,17 +63,22 @@ class Trainer:
             self._beat(force=True)
             self._setup()
             self._beat(force=True)  # model building can take a while on a busy node
+            self._open_source()
             self._loop()
+            self.data_counters = self._finish_source()
             if self.role.is_head:
                 with self.acc.section("meta"):
                     self.heartbeat.write([self.version, self.epoch, 1], force=True)
         finally:
+            if self.source is not None:
+                with self.acc.section("meta", what="data_close"):
+                    self.source.close()
             distributed.shutdown_process_group()
             self.acc.stop()
         return ComponentReport.from_accounting(
             self.acc, world_rank=self.role.world_rank, scope=self.role.scope, epochs=self.epoch,
             detail={"device": str(self.device), "dist_backend": self.backend, "final_loss": self.last_loss,
-                    "owned_sim_ranks": list(self.role.owned), "n_parameters": self._n_params})
+                    "owned_sim_ranks": list(self.role.owned), "n_parameters": self._n_params, **self.data_counters})
 
     def _beat(self, force: bool = False) -> None:
         if self.role.is_head and (force or self.heartbeat.due()):
@@ -122,9 +129,9 @@ class Trainer:
             graphs[rank] = (pos, edges)
         return graphs
 
-    def _get(self, key: str, category: str, out: np.ndarray | None = None) -> np.ndarray:
+    def _get(self, key: str, category: str) -> np.ndarray:
         with self.acc.section(category, key=key.removeprefix(self.keys.prefix)) as ev:
-            array = self.client.get_tensor(key, out=out)
+            array = self.client.get_tensor(key)
             if array is not None:
                 ev["nbytes"] = array.nbytes
         if array is None:
@@ -140,36 +147,44 @@ class Trainer:
         results = [r for r in agree(self.role.comm, self.acc, probe if self.role.is_head else None) if r is not None]
         return min(step for step, _ in results), any(code != 0 for _, code in results)
 
-    def _load(self, upto: int) -> None:
-        interval = self.cfg.simulation.train_interval
-        first = (self.loaded_step // interval + 1) * interval
-        for step in range(first, upto + 1, interval):
-            arrays = {}
-            for rank in self.role.owned:
-                key = self.keys.data(rank, step)
-                # Fetch into a fresh writable buffer (get_tensor(out=) copies once, straight from the transfer).
-                out = np.empty((self.n_points, 2 * self.n_in), dtype=self.cfg.problem.dtype)
-                arrays[rank] = self._get(key, "data", out=out)
-                if self.cfg.trainer.delete_consumed:
-                    with self.acc.section("data", record=False):
-                        self.client.delete(key)
-            with self.acc.section("data", record=False):
-                self.window.add_step(step, arrays)
-            self.loaded_step = step
+    def _open_source(self) -> None:
+        shape = (self.n_points, 2 * self.n_in)
+        self.source = make_source(self.cfg, self.client, self.keys, self.role.owned, shape, self.acc)
+        self.source.open()
+        self._beat(force=True)
+
+    def _finish_source(self) -> dict[str, int]:
+        assert self.source is not None
+        return self.source.finish(self.cfg.finish_timeout_s)
+
+    def _load(self, announced: int) -> bool:
+        """Add the new snapshots to the window; whether there were any."""
+        assert self.source is not None
+        received = self.source.receive(announced)
+        with self.acc.section("data", record=False):
+            for step in sorted(received):
+                self.window.add_step(step, received[step])
+        return bool(received)
+
+    def _window_steps(self) -> tuple[int, int]:
+        """(fewest, most) steps in any trainer rank's window: a streamed rank may have lost or not yet got some."""
+        with self.acc.section("wait"):
+            sizes = self.role.comm.allgather(len(self.window))
+        return min(sizes), max(sizes)
 
     def _loop(self) -> None:
         every = self.cfg.trainer.checkpoint_every
         while True:
-            newest, stop = self._control()
+            announced, stop = self._control()
             if stop:
                 return
-            if newest > self.loaded_step:
-                self._load(newest)
+            if self._load(announced):
                 self._idle_sleep = 1e-3
-            if len(self.window) == 0:
+            fewest, most = self._window_steps()
+            if fewest == 0:
                 self._idle()
                 continue
-            self._train_epoch()
+            self._train_epoch(most)
             if self.epoch % every == 0:
                 self._checkpoint()
             self._beat()
@@ -180,11 +195,14 @@ class Trainer:
         self._idle_sleep = min(2 * self._idle_sleep, _MAX_IDLE_SLEEP_S)
         self._beat()
 
-    def _train_epoch(self) -> None:
-        """One pass over the window; long epochs pause for heartbeats so the simulation knows we are alive."""
+    def _train_epoch(self, steps: int) -> None:
+        """One pass over a window of ``steps`` steps (the largest of all ranks': every rank runs as many batches).
+
+        Long epochs pause for heartbeats so the simulation knows we are alive.
+        """
         t0, compute_s = time.perf_counter(), 0.0
         sums = [0.0, 0.0]  # loss total, batches
-        batches = self.batches.epoch()
+        batches = self.batches.epoch(steps)
         done = False
         while not done:
             with self.acc.section("compute", record=False):

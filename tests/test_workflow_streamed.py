@@ -1,0 +1,105 @@
+"""The workflow with its snapshots on ADIOS2 SST streams (serial: the trainer is a separate process).
+
+Sync streams must lose nothing; async streams must count every step they discard; a killed
+trainer must fail a streaming simulation within its deadline, and no contact file stays behind.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from simai_core.profiles import load_profile
+from simai_core.staging import registry
+from simai_core.workflow.config import WorkflowConfig
+from simai_core.workflow.driver import run_serial, with_stream_directory
+from simai_core.workflow.launch import ComponentProcess
+from simai_core.workflow.protocol import Keys
+
+pytest.importorskip("torch")
+pytest.importorskip("adios2")
+pytestmark = pytest.mark.adios2
+
+FAST = {"problem": {"size": "debug"}, "simulation": {"step_time_s": 0.1}}
+
+
+@pytest.fixture
+def staging(tmp_path):
+    server = registry.make_server("filesystem", load_profile("local"), tmp_path / "server")
+    server.start()
+    client = registry.connect("filesystem", server.address)
+    yield client, server.address
+    client.close()
+    server.stop()
+
+
+def streamed(mode: str, **extra: object) -> WorkflowConfig:
+    return WorkflowConfig.model_validate({**FAST, "streamed_data": {"mode": mode}, **extra})
+
+
+def trainer_counters(result) -> dict:
+    return next(r.detail for r in result.reports if r.component == "train")
+
+
+@pytest.mark.timeout(300)
+def test_sync_stream_converges_and_loses_no_step(staging, tmp_path):
+    client, address = staging
+    cfg = streamed("sync")
+    result = run_serial(cfg, "filesystem", address, tmp_path)
+    result.raise_for_errors()
+    assert result.outcome.converged
+    counters = trainer_counters(result)
+    sync_steps = -(-result.outcome.steps // cfg.simulation.train_interval)
+    assert counters["stream_steps_written"] == counters["stream_steps_received"] == sync_steps
+    assert counters["stream_discarded_steps"] == 0 and result.local_foms()["discarded_steps"] == 0
+    assert result.detail()["data_path"]["kind"] == "adios2-sst"
+    sent = [e["nbytes"] for e in result.events() if e["kind"] == "data" and e.get("step") is not None and "what" not in e]
+    got = [e["nbytes"] for e in result.events() if e.get("what") == "stream_step"]
+    # Every step arrived whole; the last ones may come after the stop (drained, not trained on).
+    assert len(sent) == sync_steps and len(got) == sync_steps - counters["stream_steps_late"]
+    assert set(got) == set(sent)
+    assert not list((tmp_path / "streams").iterdir()), "a contact file was left behind"
+    assert client.clean(Keys(cfg.run_id).prefix) == 0, "the data went through the staging area"
+
+
+@pytest.mark.timeout(300)
+def test_async_stream_counts_every_discarded_step(staging, tmp_path):
+    _, address = staging
+    cfg = streamed("async")
+    result = run_serial(cfg, "filesystem", address, tmp_path)
+    result.raise_for_errors()
+    assert result.outcome.converged
+    counters = trainer_counters(result)
+    assert counters["stream_steps_written"] == -(-result.outcome.steps // cfg.simulation.train_interval)
+    lost = counters["stream_steps_written"] - counters["stream_steps_received"]
+    assert counters["stream_discarded_steps"] == lost == result.local_foms()["discarded_steps"]
+    # The writer does not wait for the trainer to start: its first steps find no reader.
+    assert counters["stream_discarded_before_join"] <= lost
+
+
+@pytest.mark.timeout(300)
+def test_killed_trainer_fails_a_streaming_simulation(staging, tmp_path):
+    client, address = staging
+    peer_timeout = 10.0
+    cfg = with_stream_directory(streamed("sync", simulation={"step_time_s": 0.05, "tolerance": 1e-12, "max_steps": 100_000},
+                                         peer_timeout_s=peer_timeout, heartbeat_interval_s=0.2), tmp_path)
+    start = time.time()
+    sim = ComponentProcess("sim", cfg, "filesystem", address, tmp_path / "sim", start)
+    trainer = ComponentProcess("train", cfg, "filesystem", address, tmp_path / "train", start)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the trainer has delivered a checkpoint
+            status = client.get_tensor(Keys(cfg.run_id).train_status)
+            if status is not None and status[0] >= 1:
+                break
+            time.sleep(0.05)
+        trainer.kill()
+        killed = time.monotonic()
+        report = sim.wait(timeout_s=peer_timeout + 60)
+    finally:
+        sim.kill()
+        trainer.kill()
+    assert report.error is not None and "PeerTimeoutError" in report.error, report.error
+    assert time.monotonic() - killed < peer_timeout + 10
+    assert not list((tmp_path / "streams").glob("*.sst")), "the killed run left a contact file"
