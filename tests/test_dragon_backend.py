@@ -149,6 +149,50 @@ def test_stop_leaves_nothing_of_this_run(tmp_path: Any) -> None:
     assert result["timings"]["runtime_start_s"] > 0 and result["timings"]["ddict_destroy_s"] >= 0
 
 
+_KILLED_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from simai_core.staging import dragon as b
+srv = b.DragonServer(total_mem=32 * 2**20, timeout_s=5.0)
+srv.start()
+Path(sys.argv[1]).write_text(json.dumps({"pids": sorted(b._Runtime.pids), "files": sorted(b._Runtime.shm_files())}))
+time.sleep(600)  # until SIGKILLed
+"""
+
+
+def test_the_next_run_reaps_a_killed_run(tmp_path: Any) -> None:
+    """A SIGKILLed owner orphans its runtime (processes spinning, pool files in /dev/shm); the next run removes them."""
+    if (reason := _reason()) is not None:
+        pytest.skip(reason)
+    import psutil
+
+    from simai_core.staging.dragon import _alive, reap_orphans
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRAGON")}
+    ready = tmp_path / "up.json"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_SCRIPT, str(ready)], cwd=Path(__file__).resolve().parents[1],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no runtime in 90 s"
+        up = json.loads(ready.read_text())
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    orphans = _alive(set(up["pids"]))
+    assert orphans and up["files"], "the killed run should have left its runtime behind"
+    reaped = reap_orphans()
+    assert set(reaped["killed_pids"]) >= orphans
+    deadline = time.monotonic() + 10
+    while _alive(orphans) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(orphans), [psutil.Process(p).cmdline() for p in _alive(orphans)]
+    assert not set(up["files"]) & set(os.listdir("/dev/shm"))
+
+
 def test_under_mpi_the_backend_skips_with_a_reason(monkeypatch: Any) -> None:
     pytest.importorskip("dragon")
     from simai_core.staging import dragon as backend

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,7 @@ def test_killed_trainer_fails_the_simulation(staging, tmp_path):
         trainer.kill()
     assert "at" in killed, "the trainer never delivered a checkpoint"
     assert noticed - killed["at"] < PEER_TIMEOUT_S + 2.0
+    assert not list(Path("/dev/shm").glob(f"mpich_shm_{trainer.pid:x}_*")), "the killed trainer's MPI segment is left"
 
 
 @pytest.mark.timeout(300)

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import getpass
 import io
+import json
 import os
 import pickle
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +38,9 @@ DEFAULT_TIMEOUT_S = 30.0  # any DDict operation; a full store times out after th
 MAX_TOTAL_MEM = 2 * 2**30  # the DDict's pools are sized up front (rounded up to a power of two)
 _FULL_THRESHOLD = 0.9  # DDict's manager_pool_full_thresh: a manager refuses puts past this fill
 _RUNTIME_START_S = 60.0
+# One record per live runtime of this suite (owner, processes, pool files), so that the next run can
+# clean up after one that was SIGKILLed before it could stop its runtime.
+_RECORDS = Path(tempfile.gettempdir()) / f"simai-dragon-{getpass.getuser()}"
 _ORCHESTRATOR_NOTE = ("the DDict orchestrator busy-polls a whole core while idle; on a 2-core machine that core "
                       "is taken from the benchmark, which matters when reading the numbers")
 
@@ -99,6 +105,50 @@ def _descendants(pid: int) -> set[int]:
         return set()
 
 
+def _started(pid: int) -> float | None:
+    """When a live (not zombie) process started; None when it is gone. With the PID it names one process."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _same_process(pid: int, started: float | None) -> bool:
+    now = _started(pid)
+    return now is not None and started is not None and abs(now - started) < 0.05
+
+
+def reap_orphans() -> dict[str, list[Any]]:
+    """Clean up after runs of this suite that were killed before they stopped their Dragon runtime.
+
+    For every record whose owner is gone: kill the recorded processes that still run (matched by
+    PID and start time, so a reused PID is left alone) and remove the recorded pool files.
+    """
+    killed: list[int] = []
+    removed: list[str] = []
+    for path in sorted(_RECORDS.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _same_process(record["owner"], record["owner_start"]):
+            continue  # its owner still runs
+        for pid, started in record["pids"].items():
+            if _same_process(int(pid), started):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(int(pid))
+        for name in record["shm"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/dev/shm/{name}")
+                removed.append(name)
+        path.unlink(missing_ok=True)
+    return {"killed_pids": killed, "removed_shm_files": removed}
+
+
 def _alive(pids: set[int]) -> set[int]:
     import psutil
 
@@ -125,6 +175,7 @@ class _Runtime:
     start_s: ClassVar[float | None] = None
     stopped: ClassVar[bool] = False
     leftovers: ClassVar[dict[str, list[Any]]] = {}
+    reaped: ClassVar[dict[str, list[Any]]] = {}
 
     @classmethod
     def ensure(cls) -> None:
@@ -134,6 +185,7 @@ class _Runtime:
             return
         if cls.stopped:
             raise RuntimeError("This process already stopped its Dragon runtime; Dragon 0.15 cannot start another one")
+        cls.reaped = reap_orphans()
         cls.shm_before = set(os.listdir("/dev/shm"))
         t0 = time.perf_counter()
         cls.handle = _start_runtime()
@@ -141,12 +193,30 @@ class _Runtime:
         cls.launcher_pid = cls.handle._proc.pid
         cls.pids = {cls.launcher_pid}
         atexit.register(shutdown_runtime)
+        cls.note_processes()
 
     @classmethod
     def note_processes(cls) -> None:
         """Remember every process under the launcher now (DDict orchestrators and managers come and go)."""
         if cls.launcher_pid is not None:
             cls.pids |= _descendants(cls.launcher_pid)
+            cls.save_record()
+
+    @classmethod
+    def record_path(cls) -> Path:
+        """Where this process records its runtime."""
+        return _RECORDS / f"{os.getpid()}.json"
+
+    @classmethod
+    def save_record(cls) -> None:
+        """Record the runtime's processes and pool files for :func:`reap_orphans` (atomically)."""
+        _RECORDS.mkdir(parents=True, exist_ok=True)
+        record = {"owner": os.getpid(), "owner_start": _started(os.getpid()),
+                  "pids": {str(p): t for p in cls.pids if (t := _started(p)) is not None},
+                  "shm": sorted(cls.shm_files())}
+        tmp = cls.record_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(cls.record_path())
 
     @classmethod
     def shm_files(cls) -> set[str]:
@@ -183,6 +253,7 @@ def shutdown_runtime() -> dict[str, list[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"/dev/shm/{name}")
     _Runtime.leftovers = {"killed_pids": sorted(survivors), "removed_shm_files": sorted(files)}
+    _Runtime.record_path().unlink(missing_ok=True)
     return _Runtime.leftovers
 
 
@@ -245,6 +316,7 @@ class DragonServer(StagingServer):
             "processes": len(_alive(_Runtime.pids)),
             "runtime": "started in this process" if _Runtime.launcher_pid is not None else "the surrounding Dragon runtime",
             **{k: round(v, 3) for k, v in self.timings_s.items()},
+            "reaped_from_killed_runs": len(_Runtime.reaped.get("killed_pids", [])),
             "orchestrator_spins_core": True,
             "note": _ORCHESTRATOR_NOTE,
         }

@@ -79,7 +79,14 @@ class ComponentProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._ended()
+
+    def _ended(self) -> None:
         self._log.close()
+        # A child that was killed (or ended by a watchdog) skipped MPI_Finalize, which leaves its singleton
+        # MPICH shared-memory segment, named after its PID, in /dev/shm: nobody else maps it.
+        for segment in Path("/dev/shm").glob(f"mpich_shm_{self.proc.pid:x}_*"):
+            segment.unlink(missing_ok=True)
 
     def wait(self, timeout_s: float) -> ComponentReport:
         """Wait for the child; on the deadline kill it. A child that died without a report yields an error report."""
@@ -90,7 +97,7 @@ class ComponentProcess:
             self.kill()
             why = f"did not finish within {timeout_s:g} s and was killed"
         finally:
-            self._log.close()
+            self._ended()
         if self.report_path.is_file():
             return ComponentReport.model_validate_json(self.report_path.read_text())
         tail = self.log_path.read_text(errors="replace")[-2000:]
