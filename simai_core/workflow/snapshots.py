@@ -171,8 +171,9 @@ class StreamedSource(SnapshotSource):
         self.late = 0  # steps drained after the stop, never trained on
 
     def open(self) -> None:
+        # Waiting for the peer, like the writer's open: a writer admits readers only at its step boundaries.
         for reader in self.readers.values():
-            with self.acc.section("meta", what="stream_open"):
+            with self.acc.section("wait", what="stream_open"):
                 reader.open()
 
     def receive(self, announced: int) -> Received:
