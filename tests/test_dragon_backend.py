@@ -193,6 +193,16 @@ def test_the_next_run_reaps_a_killed_run(tmp_path: Any) -> None:
     assert not set(up["files"]) & set(os.listdir("/dev/shm"))
 
 
+def test_mpi_ranks_started_from_dragon_share_the_ddict(server: Any, tmp_path: Any) -> None:
+    """mpiexec as a Dragon process: its ranks attach to the serialized DDict and read each other's values."""
+    from simai_core.staging.dragon_mpi import run_clients
+
+    records = run_clients(server.address, ranks=2, nbytes=4096, rounds=2, workdir=tmp_path, timeout_s=120)
+    assert sorted(r["rank"] for r in records) == [0, 1] and {r["size"] for r in records} == {2}
+    assert all(r["own_ok"] and r["neighbour_ok"] for r in records)
+    assert not list(tmp_path.iterdir())
+
+
 def test_under_mpi_the_backend_skips_with_a_reason(monkeypatch: Any) -> None:
     pytest.importorskip("dragon")
     from simai_core.staging import dragon as backend

@@ -1,9 +1,11 @@
-"""Dragon DDict micro benchmarks: concurrent Dragon-managed clients, batched puts, reads of a frozen DDict.
+"""Dragon DDict micro benchmarks: concurrent Dragon-managed clients, MPI ranks, batched puts, frozen reads.
 
 The DDict is the staging pool's ``dragon`` server. Workers are Dragon-managed processes
 (``dragon.native.process.Process``: started by the runtime, like start method ``dragon``, without
 switching this pytest process's multiprocessing over to Dragon). FOMs: ``mp_put_GBps`` /
-``mp_get_GBps`` summed over workers and their mean median latency; ``batch_put_GBps`` against
+``mp_get_GBps`` summed over workers and their mean median latency; ``mpi_put_GBps`` /
+``mpi_get_GBps`` the same for MPI ranks of an ``mpiexec`` started as a Dragon process and attached
+to the serialized DDict (:mod:`simai_core.staging.dragon_mpi`); ``batch_put_GBps`` against
 one-by-one puts of the same keys; ``frozen_get_GBps`` against gets of the same key unfrozen.
 Note: the DDict orchestrator spins a core while idle (see ``backend_detail``).
 """
@@ -73,6 +75,30 @@ def test_concurrent_workers(benchmark: Any, backend: Any, staging: Any, staging_
              "mp_put_latency_s": LATENCY, "mp_get_latency_s": LATENCY}
     run = simai_run(backend, {"workers": WORKERS, "nbytes": size, "rounds": rounds,
                               "processes": "dragon.native.process.Process"})
+    record(benchmark, run, local, specs)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=IDS)
+def test_mpi_ranks(benchmark: Any, backend: Any, staging: Any, staging_pool: Any, simai_run: Any, tmp_path: Any,
+                   size: Any) -> None:
+    from simai_core.staging.dragon_mpi import run_clients
+
+    rounds = _rounds(size)
+    records: list[dict[str, Any]] = []
+
+    def run_ranks() -> None:
+        records[:] = run_clients(staging_pool.address(backend), WORKERS, size, rounds, tmp_path)
+
+    benchmark.pedantic(run_ranks, rounds=1, iterations=1)
+    assert len(records) == WORKERS and all(r["own_ok"] and r["neighbour_ok"] for r in records)
+    local = {"mpi_put_GBps": sum(size / r["put_s"] for r in records) / 1e9,
+             "mpi_get_GBps": sum(size / r["get_s"] for r in records) / 1e9,
+             "mpi_put_latency_s": float(np.mean([r["put_s"] for r in records])),
+             "mpi_get_latency_s": float(np.mean([r["get_s"] for r in records]))}
+    specs = {"mpi_put_GBps": AGGREGATE_GBPS, "mpi_get_GBps": AGGREGATE_GBPS,
+             "mpi_put_latency_s": LATENCY, "mpi_get_latency_s": LATENCY}
+    run = simai_run(backend, {"mpi_ranks": WORKERS, "nbytes": size, "rounds": rounds,
+                              "processes": "mpiexec -n 2 started as a Dragon process (ranks not Dragon-managed)"})
     record(benchmark, run, local, specs)
 
 

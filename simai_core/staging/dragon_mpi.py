@@ -1,0 +1,124 @@
+"""MPI ranks as DDict clients: ``mpiexec`` started as a Dragon process, its ranks attaching to a serialized DDict.
+
+The ranks are not Dragon-managed processes (Dragon's own PMI launch needs Cray PMI or a PMIx
+that works; see the platform notes), but they inherit the runtime's environment from the
+``mpiexec`` that Dragon started, which is all ``DDict.attach`` needs. Rank body::
+
+    python -m simai_core.staging.dragon_mpi ADDRESS OUT NBYTES ROUNDS
+
+Every rank times ``ROUNDS`` puts, then gets, of its own key (the phases start at a barrier so
+they overlap), then reads its neighbour's key to prove the ranks share one store; rank 0
+writes every rank's medians and checks to ``OUT`` (JSON).
+
+The ranks share the Dragon identity of the ``mpiexec`` they inherited it from, and two of them
+asking the runtime's local services for a channel at once get each other's replies
+(``DRAGON_EOT``): they attach and detach one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import numpy as np
+
+from simai_core.staging.dragon import DEFAULT_TIMEOUT_S
+
+T = TypeVar("T")
+
+
+def _payload(rank: int, nbytes: int) -> np.ndarray:
+    return np.random.default_rng(rank).integers(0, 256, nbytes, dtype=np.uint8)
+
+
+def _key(rank: int) -> str:
+    return f"micro.dragon.mpi.{rank}"
+
+
+def run_clients(address: str, ranks: int, nbytes: int, rounds: int, workdir: Path,
+                timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """Start ``ranks`` MPI ranks (the venv's ``mpiexec``, as a Dragon process) on the DDict ``address``.
+
+    Returns one record per rank: ``rank``, ``size``, ``put_s``, ``get_s`` (medians), ``own_ok``,
+    ``neighbour_ok``. The job is killed when it runs past ``timeout_s``.
+    """
+    from dragon.native.process import Process
+
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    if not mpiexec.is_file():
+        raise FileNotFoundError(f"{mpiexec} not found: install the MPI extra (pip install -e '.[mpi]')")
+    out = workdir / f"dragon-mpi-{time.time_ns()}.json"
+    args = ["-n", str(ranks), sys.executable, "-m", __name__, address, str(out), str(nbytes), str(rounds)]
+    proc = Process(target=str(mpiexec), args=args)
+    proc.start()
+    proc.join(timeout=timeout_s)
+    if proc.is_alive:
+        proc.kill()
+        raise TimeoutError(f"{ranks} MPI ranks on the DDict did not finish within {timeout_s:g} s and were killed")
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"mpiexec -n {ranks} on the DDict failed (exit code {proc.returncode}); "
+                           "its ranks' errors are on stderr")
+    records: list[dict[str, Any]] = json.loads(out.read_text())
+    out.unlink()
+    return records
+
+
+def _one_at_a_time(comm: Any, call: Callable[[], T]) -> T:
+    """``call()`` on every rank in turn (collective)."""
+    result: T | None = None
+    for turn in range(comm.Get_size()):
+        if turn == comm.Get_rank():
+            result = call()
+        comm.Barrier()
+    return cast(T, result)
+
+
+def _rank_main(address: str, out: str, nbytes: int, rounds: int) -> None:
+    from dragon.data.ddict import DDict
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    ddict = _one_at_a_time(comm, lambda: DDict.attach(address, timeout=DEFAULT_TIMEOUT_S))
+    data = _payload(rank, nbytes)
+    try:
+        medians = {}
+        for op in ("put", "get"):
+            comm.Barrier()
+            samples = []
+            for _ in range(rounds + 1):  # the first round is a warm-up
+                t0 = time.perf_counter()
+                if op == "put":
+                    ddict[_key(rank)] = data
+                else:
+                    got = ddict[_key(rank)]
+                samples.append(time.perf_counter() - t0)
+            medians[f"{op}_s"] = float(np.median(samples[1:]))
+        comm.Barrier()
+        neighbour = (rank + 1) % size
+        record = {"rank": rank, "size": size, **medians, "own_ok": bool(np.array_equal(got, data)),
+                  "neighbour_ok": bool(np.array_equal(ddict[_key(neighbour)], _payload(neighbour, nbytes)))}
+        records = comm.gather(record, root=0)
+        comm.Barrier()
+        if rank == 0:
+            for r in range(size):
+                del ddict[_key(r)]
+    finally:
+        _one_at_a_time(comm, ddict.detach)
+    if rank == 0:
+        Path(out).write_text(json.dumps(records))
+
+
+if __name__ == "__main__":
+    try:
+        _rank_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    except BaseException:
+        traceback.print_exc()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(1)  # the other ranks would wait at the next barrier
