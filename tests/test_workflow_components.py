@@ -7,8 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from simai_core.profiles import load_profile
-from simai_core.staging import registry
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.layout import LayoutError, _role_from_table, split_count
 from simai_core.workflow.protocol import Heartbeat, Keys, PeerFailedError, PeerMonitor, PeerTimeoutError, publish_error
@@ -17,13 +15,8 @@ from simai_core.workflow.timers import Accounting
 
 
 @pytest.fixture
-def files(tmp_path):
-    server = registry.make_server("filesystem", load_profile("local"), tmp_path)
-    server.start()
-    client = registry.connect("filesystem", server.address)
-    yield client
-    client.close()
-    server.stop()
+def files(file_staging):
+    return file_staging[0]
 
 
 def test_accounting_adds_up_and_records_events():

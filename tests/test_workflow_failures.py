@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from simai_core.profiles import load_profile
-from simai_core.staging import registry
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.driver import run_serial
 from simai_core.workflow.launch import ComponentProcess
@@ -31,13 +29,8 @@ ENDLESS = {"problem": {"size": "debug"}, "simulation": {"step_time_s": 0.05, "to
 
 
 @pytest.fixture
-def staging(tmp_path):
-    server = registry.make_server("filesystem", load_profile("local"), tmp_path / "server")
-    server.start()
-    client = registry.connect("filesystem", server.address)
-    yield client, server.address
-    client.close()
-    server.stop()
+def staging(file_staging):
+    return file_staging
 
 
 def kill_when(proc: ComponentProcess, client, key: str, ready, deadline_s: float = 120) -> dict:

@@ -10,10 +10,8 @@ import time
 
 import pytest
 
-from simai_core.profiles import load_profile
-from simai_core.staging import registry
 from simai_core.workflow.config import WorkflowConfig
-from simai_core.workflow.driver import run_serial, with_stream_directory
+from simai_core.workflow.driver import WorkflowResult, run_serial, with_stream_directory
 from simai_core.workflow.launch import ComponentProcess
 from simai_core.workflow.protocol import Keys
 
@@ -24,34 +22,27 @@ pytestmark = pytest.mark.adios2
 FAST = {"problem": {"size": "debug"}, "simulation": {"step_time_s": 0.1}}
 
 
-@pytest.fixture
-def staging(tmp_path):
-    server = registry.make_server("filesystem", load_profile("local"), tmp_path / "server")
-    server.start()
-    client = registry.connect("filesystem", server.address)
-    yield client, server.address
-    client.close()
-    server.stop()
-
-
 def streamed(mode: str, **extra: object) -> WorkflowConfig:
     return WorkflowConfig.model_validate({**FAST, "streamed_data": {"mode": mode}, **extra})
 
 
-def trainer_counters(result) -> dict:
-    return next(r.detail for r in result.reports if r.component == "train")
-
-
-@pytest.mark.timeout(300)
-def test_sync_stream_converges_and_loses_no_step(staging, tmp_path):
-    client, address = staging
-    cfg = streamed("sync")
+def run_converged(mode: str, address: str, tmp_path) -> tuple[WorkflowConfig, WorkflowResult, dict, int]:
+    """A serial streamed run that must converge: config, result, trainer counters, sync steps written."""
+    cfg = streamed(mode)
     result = run_serial(cfg, "filesystem", address, tmp_path)
     result.raise_for_errors()
     assert result.outcome.converged
-    counters = trainer_counters(result)
+    counters = next(r.detail for r in result.reports if r.component == "train")
     sync_steps = -(-result.outcome.steps // cfg.simulation.train_interval)
-    assert counters["stream_steps_written"] == counters["stream_steps_received"] == sync_steps
+    assert counters["stream_steps_written"] == sync_steps
+    return cfg, result, counters, sync_steps
+
+
+@pytest.mark.timeout(300)
+def test_sync_stream_converges_and_loses_no_step(file_staging, tmp_path):
+    client, address = file_staging
+    cfg, result, counters, sync_steps = run_converged("sync", address, tmp_path)
+    assert counters["stream_steps_received"] == sync_steps
     assert counters["stream_discarded_steps"] == 0 and result.local_foms()["discarded_steps"] == 0
     assert result.detail()["data_path"]["kind"] == "adios2-sst"
     sent = [e["nbytes"] for e in result.events() if e["kind"] == "data" and e.get("step") is not None and "what" not in e]
@@ -64,14 +55,8 @@ def test_sync_stream_converges_and_loses_no_step(staging, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_async_stream_counts_every_discarded_step(staging, tmp_path):
-    _, address = staging
-    cfg = streamed("async")
-    result = run_serial(cfg, "filesystem", address, tmp_path)
-    result.raise_for_errors()
-    assert result.outcome.converged
-    counters = trainer_counters(result)
-    assert counters["stream_steps_written"] == -(-result.outcome.steps // cfg.simulation.train_interval)
+def test_async_stream_counts_every_discarded_step(file_staging, tmp_path):
+    _, result, counters, _ = run_converged("async", file_staging[1], tmp_path)
     lost = counters["stream_steps_written"] - counters["stream_steps_received"]
     assert counters["stream_discarded_steps"] == lost == result.local_foms()["discarded_steps"]
     # The writer does not wait for the trainer to start: its first steps find no reader.
@@ -79,8 +64,8 @@ def test_async_stream_counts_every_discarded_step(staging, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_killed_trainer_fails_a_streaming_simulation(staging, tmp_path):
-    client, address = staging
+def test_killed_trainer_fails_a_streaming_simulation(file_staging, tmp_path):
+    client, address = file_staging
     peer_timeout = 10.0
     cfg = with_stream_directory(streamed("sync", simulation={"step_time_s": 0.05, "tolerance": 1e-12, "max_steps": 100_000},
                                          peer_timeout_s=peer_timeout, heartbeat_interval_s=0.2), tmp_path)
