@@ -42,6 +42,16 @@ def _timed(fn: Any, rounds: int) -> list[float]:
     return samples
 
 
+def _concurrent_foms(prefix: str, size: int, put_s: list[float], get_s: list[float]) -> tuple[dict, dict]:
+    """Throughput summed over concurrent clients and their mean median latency, per operation."""
+    local, specs = {}, {}
+    for op, samples in (("put", put_s), ("get", get_s)):
+        local[f"{prefix}_{op}_GBps"] = sum(size / s for s in samples) / 1e9
+        local[f"{prefix}_{op}_latency_s"] = float(np.mean(samples))
+        specs[f"{prefix}_{op}_GBps"], specs[f"{prefix}_{op}_latency_s"] = AGGREGATE_GBPS, LATENCY
+    return local, specs
+
+
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
 def test_concurrent_workers(benchmark: Any, backend: Any, staging: Any, staging_pool: Any, simai_run: Any, size: Any) -> None:
     from dragon.native.barrier import Barrier
@@ -67,15 +77,9 @@ def test_concurrent_workers(benchmark: Any, backend: Any, staging: Any, staging_
 
     benchmark.pedantic(run_workers, rounds=1, iterations=1)
     assert len(results) == WORKERS and all(ok for *_, ok in results)
-    put = [r[1] for r in results]
-    get = [r[2] for r in results]
-    local = {"mp_put_GBps": sum(size / s for s in put) / 1e9, "mp_get_GBps": sum(size / s for s in get) / 1e9,
-             "mp_put_latency_s": float(np.mean(put)), "mp_get_latency_s": float(np.mean(get))}
-    specs = {"mp_put_GBps": AGGREGATE_GBPS, "mp_get_GBps": AGGREGATE_GBPS,
-             "mp_put_latency_s": LATENCY, "mp_get_latency_s": LATENCY}
     run = simai_run(backend, {"workers": WORKERS, "nbytes": size, "rounds": rounds,
                               "processes": "dragon.native.process.Process"})
-    record(benchmark, run, local, specs)
+    record(benchmark, run, *_concurrent_foms("mp", size, [r[1] for r in results], [r[2] for r in results]))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
@@ -91,15 +95,9 @@ def test_mpi_ranks(benchmark: Any, backend: Any, staging: Any, staging_pool: Any
 
     benchmark.pedantic(run_ranks, rounds=1, iterations=1)
     assert len(records) == WORKERS and all(r["own_ok"] and r["neighbour_ok"] for r in records)
-    local = {"mpi_put_GBps": sum(size / r["put_s"] for r in records) / 1e9,
-             "mpi_get_GBps": sum(size / r["get_s"] for r in records) / 1e9,
-             "mpi_put_latency_s": float(np.mean([r["put_s"] for r in records])),
-             "mpi_get_latency_s": float(np.mean([r["get_s"] for r in records]))}
-    specs = {"mpi_put_GBps": AGGREGATE_GBPS, "mpi_get_GBps": AGGREGATE_GBPS,
-             "mpi_put_latency_s": LATENCY, "mpi_get_latency_s": LATENCY}
     run = simai_run(backend, {"mpi_ranks": WORKERS, "nbytes": size, "rounds": rounds,
                               "processes": "mpiexec -n 2 started as a Dragon process (ranks not Dragon-managed)"})
-    record(benchmark, run, local, specs)
+    record(benchmark, run, *_concurrent_foms("mpi", size, [r["put_s"] for r in records], [r["get_s"] for r in records]))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
