@@ -127,6 +127,17 @@ class _Engine:
         with deadline(seconds, self.watchdog_fd):
             return fn()
 
+    def finish(self, in_step: bool, close_timeout_s: float) -> None:
+        """End the step in progress (``in_step``), then close the engine; a no-op when it is not open."""
+        engine, self.engine = self.engine, None
+        if engine is None:
+            return
+        try:
+            if in_step:
+                self.call(self.config.step_timeout_s, engine.EndStep)
+        finally:
+            self.call(close_timeout_s, engine.Close)
+
     def rank(self) -> int:
         return 0 if self.comm is None else int(self.comm.Get_rank())
 
@@ -200,17 +211,12 @@ class Adios2StreamWriter(StreamWriter):
         self._keep.clear()
 
     def close(self) -> None:
-        engine, self._x.engine = self._x.engine, None
-        if engine is None:
-            return
+        in_step, self._in_step = self._in_step, False
         try:
-            if self._in_step:
-                self._in_step = False
-                self._x.call(self._x.config.step_timeout_s, engine.EndStep)
+            # Close waits until the readers released every queued step.
+            self._x.finish(in_step, self._x.config.step_timeout_s + _GRACE_S)
         finally:
             self._keep.clear()
-            # Close waits until the readers released every queued step.
-            self._x.call(self._x.config.step_timeout_s + _GRACE_S, engine.Close)
 
     def detail(self) -> dict[str, Any]:
         return self._x.detail()
@@ -291,15 +297,10 @@ class Adios2StreamReader(StreamReader):
         self._x.call(self._x.config.step_timeout_s, self._x.engine.EndStep)
 
     def close(self) -> None:
-        engine, self._x.engine = self._x.engine, None
-        if engine is None:
-            return
+        in_step, self._in_step = self._in_step, False
         try:
-            if self._in_step:
-                self._in_step = False
-                self._x.call(self._x.config.step_timeout_s, engine.EndStep)
+            self._x.finish(in_step, self._x.config.step_timeout_s)
         finally:
-            self._x.call(self._x.config.step_timeout_s, engine.Close)
             if self._x.kind == "BP5":
                 remove_profiling_files(self.path)
 
