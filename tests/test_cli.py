@@ -179,3 +179,22 @@ def test_python_dash_m_entry_point(base):
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert "unchanged" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_two_real_mini_runs_are_compared_benchmark_by_benchmark(tmp_path: Path) -> None:
+    """A mini benchmark's params hold only what was measured, never a result: two runs must match."""
+    pytest.importorskip("torch")
+    pytest.importorskip("mpipartition")
+    paths = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.json"
+        proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/mini", "-q", "-m", "mini and nodelocal",
+                               "-k", "clustered and mlp", "--simai-problem-size", "debug", "--simai-step-time", "0.05",
+                               "--benchmark-json", str(out)],
+                              capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        paths.append(str(out))
+    code, text = run_cli("compare", *paths, "--threshold", "1000")
+    assert code == 0, text
+    assert "test_online_training[nodelocal-clustered-mlp]" in text

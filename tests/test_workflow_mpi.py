@@ -124,12 +124,12 @@ def test_streamed_workflow_converges_over_mpi(shared_files, tmp_path, mode):
     result = run_mpi(cfg, "filesystem", address, mpi.world(), workdir=tmp_path)
     result.raise_for_errors()
     assert result.outcome.converged
-    detail = result.detail()
+    counts = result.stream_counts()
     sync_steps = -(-result.outcome.steps // cfg.simulation.train_interval)
-    assert detail["stream_steps_written"] == detail["sim_ranks"] * sync_steps
-    assert detail["stream_steps_written"] - detail["stream_steps_received"] == detail["stream_discarded_steps"]
+    assert counts["steps_written"] == result.detail()["sim_ranks"] * sync_steps
+    assert counts["steps_written"] - counts["steps_received"] == counts["discarded_steps"]
     if mode == "sync":
-        assert detail["stream_discarded_steps"] == 0
+        assert counts["discarded_steps"] == 0
     assert client.clean(Keys(cfg.run_id).prefix) == 0
 
 

@@ -153,7 +153,10 @@ def record_workflow(benchmark: Any, config: pytest.Config, request: pytest.Fixtu
               "step_cost": cfg.simulation.step_cost, "sim_fraction": cfg.sim_fraction,
               "checkpoint_every": cfg.trainer.checkpoint_every, "window": cfg.trainer.window,
               "mini_batch": cfg.trainer.batch_size(), **result.detail()}
-    run = run_info(params, outcome=outcome.model_dump(), events=events)
+    extra: dict[str, Any] = {"outcome": outcome.model_dump(), "events": events}
+    if cfg.streamed_data is not None:
+        extra["stream"] = result.stream_counts()
+    run = run_info(params, **extra)
     foms = record(benchmark, run, result.local_foms(), MOTIF6_FOMS)
 
     for name in ("sim_unaccounted_pct", "train_unaccounted_pct"):

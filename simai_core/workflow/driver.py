@@ -70,7 +70,11 @@ class WorkflowResult(BaseModel):
         return sorted((e for r in self.reports for e in r.events), key=lambda e: e["t0_s"])
 
     def detail(self) -> dict[str, Any]:
-        """Run facts for the JSON: graph builder, trainer device and backend, rank counts."""
+        """What ran, for ``simai.params``: graph builder, trainer device and backend, rank counts, data path.
+
+        Only facts fixed by the configuration and the machine: params identify a benchmark when
+        two runs are compared, so nothing here may change from one run to the next.
+        """
         sims = [r for r in self.reports if r.component == "sim"]
         trainers = [r for r in self.reports if r.component == "train"]
         out: dict[str, Any] = {"mode": self.mode, "sim_ranks": len(sims), "trainer_ranks": len(trainers),
@@ -79,13 +83,16 @@ class WorkflowResult(BaseModel):
         for key in ("graph_builder", "graph_edges", "data_path"):
             if key in sims[0].detail:
                 out[key] = sims[0].detail[key]
-        for key in ("device", "dist_backend", "n_parameters", "final_loss"):
+        for key in ("device", "dist_backend", "n_parameters"):
             if trainers and key in trainers[0].detail:
                 out[key] = trainers[0].detail[key]
-        counters = {k for r in trainers for k in r.detail if k.startswith("stream_")}
-        for key in sorted(counters):  # streamed data path: steps written, received, late, discarded (all streams)
-            out[key] = sum(int(r.detail.get(key, 0)) for r in trainers)
         return out
+
+    def stream_counts(self) -> dict[str, int]:
+        """Streamed data path: steps written, received, late and discarded, summed over every stream."""
+        trainers = [r for r in self.reports if r.component == "train"]
+        names = sorted({k for r in trainers for k in r.detail if k.startswith("stream_")})
+        return {name.removeprefix("stream_"): sum(int(r.detail.get(name, 0)) for r in trainers) for name in names}
 
 
 def with_stream_directory(cfg: WorkflowConfig, workdir: Path) -> WorkflowConfig:

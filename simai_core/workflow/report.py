@@ -83,6 +83,7 @@ MOTIF6_FOMS: dict[str, FomSpec] = {
     "steps": FomSpec(unit="count", better="lower", combine="max"),
     "final_mse": FomSpec(unit="mse", better="lower", combine="mean"),
     "final_skill": FomSpec(unit="ratio", better="higher", combine="mean"),
+    "final_loss": FomSpec(unit="mse", better="lower", combine="mean"),
     "discarded_steps": FomSpec(unit="count", better="lower", combine="sum"),  # streamed data path only
 }
 
@@ -106,6 +107,7 @@ def local_foms(report: ComponentReport) -> dict[str, float]:
     else:
         out |= {"trainer_time_s": report.wall_s, "epochs": float(report.epochs)}
         _put(out, "train_data_GBps", report.GBps("data"))
+        _put(out, "final_loss", report.detail.get("final_loss"))
         _put(out, "discarded_steps", report.detail.get("stream_discarded_steps"))
     return out
 
