@@ -195,6 +195,7 @@ def test_two_real_mini_runs_are_compared_benchmark_by_benchmark(tmp_path: Path) 
                               capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[1])
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         paths.append(str(out))
-    code, text = run_cli("compare", *paths, "--threshold", "1000")
-    assert code == 0, text
-    assert "test_online_training[nodelocal-clustered-mlp]" in text
+    code, text = run_cli("compare", *paths)
+    # 0 or 1 is noise between two real runs (a skill near zero swings by 1000 %); 2 would be "nothing matched".
+    assert code in (0, 1), text
+    assert "test_online_training[nodelocal-clustered-mlp]" in text and "time_to_solution_s" in text
