@@ -14,9 +14,7 @@ from simai_core.staging.base import StagingClient
 @pytest.fixture
 def file_staging(tmp_path) -> Iterator[tuple[StagingClient, str]]:
     """A filesystem staging area under the test's temp dir: ``(client, address)``, stopped afterwards."""
-    server = registry.make_server("filesystem", load_profile("local"), tmp_path / "server")
-    server.start()
-    client = registry.connect("filesystem", server.address)
-    yield client, server.address
-    client.close()
-    server.stop()
+    with registry.make_server("filesystem", load_profile("local"), tmp_path / "server") as server:
+        client = registry.connect("filesystem", server.address)
+        yield client, server.address
+        client.close()

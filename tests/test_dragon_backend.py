@@ -35,12 +35,8 @@ def server() -> Iterator[Any]:
         pytest.skip(reason)
     from simai_core.staging.dragon import DragonServer
 
-    srv = DragonServer(total_mem=64 * 2**20, timeout_s=5.0)
-    try:
-        srv.start()
+    with DragonServer(total_mem=64 * 2**20, timeout_s=5.0) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -43,12 +43,8 @@ def server(tmp_path_factory):
     """One real Orchestrator for the module, always stopped."""
     if (reason := _reason()) is not None:
         pytest.skip(reason)
-    srv = backend.make_server("smartsim", load_profile("local"), tmp_path_factory.mktemp("smartsim"))
-    try:
-        srv.start()
+    with backend.make_server("smartsim", load_profile("local"), tmp_path_factory.mktemp("smartsim")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

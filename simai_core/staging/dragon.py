@@ -150,14 +150,7 @@ def reap_orphans() -> dict[str, list[Any]]:
 
 
 def _alive(pids: set[int]) -> set[int]:
-    import psutil
-
-    alive = set()
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.add(pid)
-    return alive
+    return {pid for pid in pids if _started(pid) is not None}
 
 
 class _Runtime:
