@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -136,16 +137,25 @@ def reap_orphans() -> dict[str, list[Any]]:
             continue
         if _same_process(record["owner"], record["owner_start"]):
             continue  # its owner still runs
-        for pid, started in record["pids"].items():
-            if _same_process(int(pid), started):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-                    killed.append(int(pid))
-        for name in record["shm"]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"/dev/shm/{name}")
-                removed.append(name)
+        pids = {int(pid) for pid, started in record["pids"].items() if _same_process(int(pid), started)}
+        done = _force_clean(pids, record["shm"])
+        killed += done["killed_pids"]
+        removed += done["removed_shm_files"]
         path.unlink(missing_ok=True)
+    return {"killed_pids": killed, "removed_shm_files": removed}
+
+
+def _force_clean(pids: set[int], shm_files: Iterable[str]) -> dict[str, list[Any]]:
+    """SIGKILL ``pids`` and remove ``shm_files`` from /dev/shm; returns what was killed and removed."""
+    killed, removed = [], []
+    for pid in sorted(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    for name in sorted(shm_files):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/shm/{name}")
+            removed.append(name)
     return {"killed_pids": killed, "removed_shm_files": removed}
 
 
@@ -237,15 +247,7 @@ def shutdown_runtime() -> dict[str, list[Any]]:
     deadline = time.monotonic() + 5
     while _alive(_Runtime.pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    survivors = _alive(_Runtime.pids)
-    for pid in survivors:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    files = _Runtime.shm_files()
-    for name in files:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"/dev/shm/{name}")
-    _Runtime.leftovers = {"killed_pids": sorted(survivors), "removed_shm_files": sorted(files)}
+    _Runtime.leftovers = _force_clean(_alive(_Runtime.pids), _Runtime.shm_files())
     _Runtime.record_path().unlink(missing_ok=True)
     return _Runtime.leftovers
 

@@ -169,7 +169,6 @@ class StreamReader(ABC):
     def next_step(self, timeout_s: float | None = None) -> StepInfo | None:
         """Wait for the next step; None at the end of the stream, :class:`StreamTimeoutError` on the deadline."""
         result = self._step(timeout_s)
-        self.ended = result is StepStatus.END
         if result is StepStatus.NOT_READY:
             raise StreamTimeoutError(f"no step arrived on the {self.backend} stream within {self._timeout(timeout_s):g} s")
         return None if result is StepStatus.END else result
@@ -186,7 +185,6 @@ class StreamReader(ABC):
         if self.ended:
             return None
         result = self._step(timeout_s)
-        self.ended = result is StepStatus.END
         return result if isinstance(result, StepInfo) else None
 
     @abstractmethod
@@ -239,6 +237,7 @@ class StreamReader(ABC):
         if isinstance(result, StepInfo):
             self._in_step = True
             self.received.append(result.step_id)
+        self.ended = result is StepStatus.END
         return result
 
     def __enter__(self) -> Self:

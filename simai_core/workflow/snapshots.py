@@ -168,7 +168,6 @@ class StreamedSource(SnapshotSource):
         self.client = client
         config = _stream_config(data, cfg)
         self.readers = {rank: make_reader(data.stream_path(cfg.run_id, rank), config) for rank in self.owned}
-        self.late = 0  # steps drained after the stop, never trained on
 
     def open(self) -> None:
         # Waiting for the peer, like the writer's open: a writer admits readers only at its step boundaries.
@@ -195,15 +194,16 @@ class StreamedSource(SnapshotSource):
     def finish(self, timeout_s: float) -> dict[str, int]:
         """Drain every stream to its end, then count what never arrived against what the writer says it wrote."""
         deadline = time.monotonic() + timeout_s
+        late = 0  # steps drained after the stop, never trained on
         for reader in self.readers.values():
             with self.acc.section("wait", what="stream_drain"):
                 for _ in reader.steps(timeout_s=max(1.0, deadline - time.monotonic())):
-                    self.late += 1
+                    late += 1
         written = sum(self._steps_written(rank) for rank in self.owned)
         received = sum(len(r.received) for r in self.readers.values())
         # An async writer does not wait for its reader: steps before the reader joined are discarded too.
         before_join = sum(r.received[0] if r.received else 0 for r in self.readers.values())
-        return {"stream_steps_written": written, "stream_steps_received": received, "stream_steps_late": self.late,
+        return {"stream_steps_written": written, "stream_steps_received": received, "stream_steps_late": late,
                 "stream_discarded_steps": written - received, "stream_discarded_before_join": before_join}
 
     def _steps_written(self, rank: int) -> int:
