@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from simai_core import mpi
-from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.errors import BackendUnavailableError, SimaiError, StagingFullError
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy
 
@@ -390,8 +390,18 @@ class DragonClient(StagingClient):
         return bool(key in self._ddict)
 
     def delete(self, key: str) -> None:
-        with contextlib.suppress(KeyError):
-            del self._ddict[key]
+        from dragon.data.ddict import DDictError
+
+        try:
+            del self._ddict[key]  # a pop: the manager removes the key, then sends the value back
+        except KeyError:
+            return
+        except (DDictError, TimeoutError, RuntimeError) as exc:
+            # Seen right after the store was full: the value's reply arrives truncated. The key is
+            # gone by then, but this client's stream is left mid-message, so reattach and check.
+            self._reattach()
+            if key in self._ddict:
+                raise SimaiError(f"Dragon DDict could not delete {key!r}: {exc}") from exc
 
     def clean(self, prefix: str) -> int:
         keys = self._ddict.keys()  # a DDictKeysView: one listing per manager
