@@ -51,42 +51,34 @@ def kill_when(proc: ComponentProcess, client, key: str, ready, deadline_s: float
     return killed
 
 
-@pytest.mark.timeout(300)
-def test_killed_trainer_fails_the_simulation(staging, tmp_path):
+def _run_component(role: str, cfg: WorkflowConfig, client) -> None:
     from simai_core.workflow.simulation import run_simulation
-
-    client, address = staging
-    cfg = WorkflowConfig.model_validate(ENDLESS)
-    trainer = ComponentProcess("train", cfg, "filesystem", address, tmp_path, time.time())
-    try:
-        # Kill it once it has delivered a checkpoint: it is alive, training, and then gone.
-        killed = kill_when(trainer, client, Keys(cfg.run_id).train_status, lambda s: s[0] >= 1)
-        with pytest.raises(PeerTimeoutError, match="train component has been silent"):
-            run_simulation(cfg, serial_role("sim", MPI.COMM_SELF), client, time.time())
-        noticed = time.monotonic()
-    finally:
-        trainer.kill()
-    assert "at" in killed, "the trainer never delivered a checkpoint"
-    assert noticed - killed["at"] < PEER_TIMEOUT_S + 2.0
-    assert not list(Path("/dev/shm").glob(f"mpich_shm_{trainer.pid:x}_*")), "the killed trainer's MPI segment is left"
-
-
-@pytest.mark.timeout(300)
-def test_killed_simulation_fails_the_trainer(staging, tmp_path):
     from simai_core.workflow.trainer import run_trainer
 
+    run = run_simulation if role == "sim" else run_trainer
+    run(cfg, serial_role(role, MPI.COMM_SELF), client, time.time())
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("victim", "survivor", "ready"), [
+    ("train", "sim", lambda status: status[0] >= 1),  # alive, has delivered a checkpoint, then gone
+    ("sim", "train", lambda status: status[0] >= 20),  # twenty steps in
+], ids=["killed-trainer-fails-simulation", "killed-simulation-fails-trainer"])
+def test_killed_peer_fails_the_survivor(staging, tmp_path, victim, survivor, ready):
     client, address = staging
     cfg = WorkflowConfig.model_validate(ENDLESS)
-    sim = ComponentProcess("sim", cfg, "filesystem", address, tmp_path, time.time())
+    peer = ComponentProcess(victim, cfg, "filesystem", address, tmp_path, time.time())
+    keys = Keys(cfg.run_id)
     try:
-        killed = kill_when(sim, client, Keys(cfg.run_id).sim_status, lambda s: s[0] >= 20)
-        with pytest.raises(PeerTimeoutError, match="sim component has been silent"):
-            run_trainer(cfg, serial_role("train", MPI.COMM_SELF), client, time.time())
+        killed = kill_when(peer, client, keys.train_status if victim == "train" else keys.sim_status, ready)
+        with pytest.raises(PeerTimeoutError, match=f"{victim} component has been silent"):
+            _run_component(survivor, cfg, client)
         noticed = time.monotonic()
     finally:
-        sim.kill()
-    assert "at" in killed
+        peer.kill()
+    assert "at" in killed, f"the {victim} component never got far enough to be killed"
     assert noticed - killed["at"] < PEER_TIMEOUT_S + 2.0
+    assert not list(Path("/dev/shm").glob(f"mpich_shm_{peer.pid:x}_*")), "the killed peer's MPI segment is left"
 
 
 @pytest.mark.timeout(120)

@@ -145,7 +145,22 @@ class _Engine:
         return stream_detail(self.config, self.kind, self.comm)
 
 
-class Adios2StreamWriter(StreamWriter):
+class _OnEngine:
+    """What both ADIOS2 sides share: the engine wrapper, its path and its facts."""
+
+    _x: _Engine
+
+    @property
+    def path(self) -> str:
+        """The stream name (SST; the contact file is this plus ``.sst``) or BP5 directory."""
+        return self._x.path
+
+    def detail(self) -> dict[str, Any]:
+        """Facts for ``simai.backend_detail``."""
+        return self._x.detail()
+
+
+class Adios2StreamWriter(_OnEngine, StreamWriter):
     """Writes steps to an SST stream (``engine="SST"``) or a BP5 file (``engine="BP5"``, path ``*.bp``)."""
 
     backend = "adios2"
@@ -156,11 +171,6 @@ class Adios2StreamWriter(StreamWriter):
         self._x = _Engine(path, config or StreamConfig(), engine, comm, watchdog_fd)
         self._vars: dict[str, tuple[Any, np.dtype[Any]]] = {}
         self._keep: list[np.ndarray] = []  # deferred puts: the arrays must live until end_step
-
-    @property
-    def path(self) -> str:
-        """The stream name (SST; the contact file is this plus ``.sst``) or BP5 directory."""
-        return self._x.path
 
     def open(self) -> None:
         if self._x.engine is not None:
@@ -218,11 +228,8 @@ class Adios2StreamWriter(StreamWriter):
         finally:
             self._keep.clear()
 
-    def detail(self) -> dict[str, Any]:
-        return self._x.detail()
 
-
-class Adios2StreamReader(StreamReader):
+class Adios2StreamReader(_OnEngine, StreamReader):
     """Reads steps from an SST stream or a BP5 file written by :class:`Adios2StreamWriter`."""
 
     backend = "adios2"
@@ -233,11 +240,6 @@ class Adios2StreamReader(StreamReader):
         self._x = _Engine(path, config or StreamConfig(), engine, comm, watchdog_fd)
         self.block = self._x.rank() if block is None else block
         self._ids = np.zeros(2, np.int64)
-
-    @property
-    def path(self) -> str:
-        """The stream name or BP5 directory."""
-        return self._x.path
 
     def open(self) -> None:
         if self._x.engine is not None:
@@ -303,10 +305,6 @@ class Adios2StreamReader(StreamReader):
         finally:
             if self._x.kind == "BP5":
                 remove_profiling_files(self.path)
-
-    def detail(self) -> dict[str, Any]:
-        """Facts for ``simai.backend_detail``."""
-        return self._x.detail()
 
 
 # The watchdog's traceback names the function a process was stuck in; these names say why.
