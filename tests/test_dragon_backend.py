@@ -120,6 +120,7 @@ pids, launcher, files = sorted(b._Runtime.pids), b._Runtime.launcher_pid, sorted
 srv.stop()
 print("RESULT" + json.dumps({"pids": pids, "launcher": launcher, "files_while_up": files,
                              "left": sorted(b._alive(set(pids))), "leftovers": b._Runtime.leftovers,
+                             "metadata_left": b._Runtime.metadata_dir().exists(),
                              "timings": srv.timings_s}))
 """
 
@@ -144,6 +145,7 @@ def test_stop_leaves_nothing_of_this_run(tmp_path: Any) -> None:
     shm = set(os.listdir("/dev/shm"))
     assert not shm & set(result["files_while_up"]), "this run's /dev/shm pool files are still there"
     assert result["timings"]["runtime_start_s"] > 0 and result["timings"]["ddict_destroy_s"] >= 0
+    assert not result["metadata_left"], "the DDict orchestrator's metadata directory is still there"
 
 
 _KILLED_SCRIPT = """
@@ -152,7 +154,9 @@ from pathlib import Path
 from simai_core.staging import dragon as b
 srv = b.DragonServer(total_mem=32 * 2**20, timeout_s=5.0)
 srv.start()
-Path(sys.argv[1]).write_text(json.dumps({"pids": sorted(b._Runtime.pids), "files": sorted(b._Runtime.shm_files())}))
+metadata = b._Runtime.metadata_dir()
+Path(sys.argv[1]).write_text(json.dumps({"pids": sorted(b._Runtime.pids), "files": sorted(b._Runtime.shm_files()),
+                                         "metadata": str(metadata), "metadata_files": [p.name for p in metadata.iterdir()]}))
 time.sleep(600)  # until SIGKILLed
 """
 
@@ -188,6 +192,9 @@ def test_the_next_run_reaps_a_killed_run(tmp_path: Any) -> None:
         time.sleep(0.1)
     assert not _alive(orphans), [psutil.Process(p).cmdline() for p in _alive(orphans)]
     assert not set(up["files"]) & set(os.listdir("/dev/shm"))
+    # The orchestrator's metadata file, which Dragon writes to the working directory by default.
+    assert [f.startswith("ddict_orc_") for f in up["metadata_files"]] == [True]
+    assert not Path(up["metadata"]).exists()
 
 
 def test_mpi_ranks_started_from_dragon_share_the_ddict(server: Any, tmp_path: Any) -> None:

@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import signal
 import sys
 import tempfile
@@ -42,6 +43,9 @@ _RUNTIME_START_S = 60.0
 # One record per live runtime of this suite (owner, processes, pool files), so that the next run can
 # clean up after one that was SIGKILLed before it could stop its runtime.
 _RECORDS = Path(tempfile.gettempdir()) / f"simai-dragon-{getpass.getuser()}"
+# Each DDict orchestrator writes a metadata file (ddict_orc_<name>) to its persist_path, the working
+# directory by default, and removes it only when the DDict is destroyed: keep them beside the record.
+_METADATA_SUFFIX = ".ddict"
 _ORCHESTRATOR_NOTE = ("the DDict orchestrator busy-polls a whole core while idle; on a 2-core machine that core "
                       "is taken from the benchmark, which matters when reading the numbers")
 
@@ -139,6 +143,7 @@ def reap_orphans() -> dict[str, list[Any]]:
             continue  # its owner still runs
         pids = {int(pid) for pid, started in record["pids"].items() if _same_process(int(pid), started)}
         done = _force_clean(pids, record["shm"])
+        shutil.rmtree(path.with_suffix(_METADATA_SUFFIX), ignore_errors=True)
         killed += done["killed_pids"]
         removed += done["removed_shm_files"]
         path.unlink(missing_ok=True)
@@ -211,6 +216,11 @@ class _Runtime:
         return _RECORDS / f"{os.getpid()}.json"
 
     @classmethod
+    def metadata_dir(cls) -> Path:
+        """Where this process's DDict orchestrators write their metadata files."""
+        return cls.record_path().with_suffix(_METADATA_SUFFIX)
+
+    @classmethod
     def save_record(cls) -> None:
         """Record the runtime's processes and pool files for :func:`reap_orphans` (atomically)."""
         _RECORDS.mkdir(parents=True, exist_ok=True)
@@ -248,6 +258,7 @@ def shutdown_runtime() -> dict[str, list[Any]]:
     while _alive(_Runtime.pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     _Runtime.leftovers = _force_clean(_alive(_Runtime.pids), _Runtime.shm_files())
+    shutil.rmtree(_Runtime.metadata_dir(), ignore_errors=True)
     _Runtime.record_path().unlink(missing_ok=True)
     return _Runtime.leftovers
 
@@ -278,9 +289,11 @@ class DragonServer(StagingServer):
         if _Runtime.start_s is not None:
             self.timings_s["runtime_start_s"] = _Runtime.start_s
         try:
+            metadata = _Runtime.metadata_dir()
+            metadata.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
             self._ddict = DDict(self.managers_per_node, 1, self.total_mem, timeout=self.timeout_s,
-                                manager_pool_full_thresh=_FULL_THRESHOLD)
+                                manager_pool_full_thresh=_FULL_THRESHOLD, persist_path=str(metadata))
             self.timings_s["ddict_create_s"] = time.perf_counter() - t0
             self._address = self._ddict.serialize()
             _Runtime.note_processes()
@@ -296,6 +309,8 @@ class DragonServer(StagingServer):
             with contextlib.suppress(Exception):  # a runtime that died already took the DDict with it
                 ddict.destroy()
             self.timings_s["ddict_destroy_s"] = time.perf_counter() - t0
+            with contextlib.suppress(OSError):  # empty once every DDict of this process is destroyed
+                _Runtime.metadata_dir().rmdir()
         if self.owns_runtime:
             shutdown_runtime()
 
