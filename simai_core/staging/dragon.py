@@ -25,7 +25,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -457,30 +457,39 @@ class DragonRaw(RawReference):
         self._ddict.detach()
 
 
+def time_put_get(ddict: Any, key: str, data: np.ndarray, rounds: int,
+                 barrier: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Median seconds of ``rounds`` puts, then gets, of ``data`` under ``key``, and the last value got.
+
+    Each phase starts at ``barrier()`` so that concurrent clients overlap, and its first round
+    is a warm-up.
+    """
+    medians, got = [], None
+    for op in ("put", "get"):
+        samples = []
+        barrier()
+        for _ in range(rounds + 1):
+            t0 = time.perf_counter()
+            if op == "put":
+                ddict[key] = data
+            else:
+                got = ddict[key]
+            samples.append(time.perf_counter() - t0)
+        medians.append(float(np.median(samples[1:])))
+    return medians[0], medians[1], got
+
+
 def concurrent_worker(address: str, wid: int, nbytes: int, rounds: int, barrier: Any, results: Any) -> None:
     """Body of a Dragon-managed benchmark process: time ``rounds`` puts then gets of its own key.
 
-    Every worker starts each phase at a shared barrier so the operations overlap; the medians go
-    back on ``results`` as ``(wid, put_s, get_s, ok)``.
+    The medians go back on ``results`` as ``(wid, put_s, get_s, ok)``.
     """
     from dragon.data.ddict import DDict
 
     ddict = DDict.attach(address, timeout=DEFAULT_TIMEOUT_S)
     data = np.random.default_rng(wid).integers(0, 256, nbytes, dtype=np.uint8)
-    key = f"micro.dragon.mp.{wid}"
     try:
-        medians = []
-        for op in ("put", "get"):
-            samples = []
-            barrier.wait()
-            for _ in range(rounds + 1):  # the first round is a warm-up
-                t0 = time.perf_counter()
-                if op == "put":
-                    ddict[key] = data
-                else:
-                    got = ddict[key]
-                samples.append(time.perf_counter() - t0)
-            medians.append(float(np.median(samples[1:])))
-        results.put((wid, medians[0], medians[1], bool(np.array_equal(got, data))))
+        put_s, get_s, got = time_put_get(ddict, f"micro.dragon.mp.{wid}", data, rounds, barrier.wait)
+        results.put((wid, put_s, get_s, bool(np.array_equal(got, data))))
     finally:
         ddict.detach()

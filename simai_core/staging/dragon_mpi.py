@@ -27,7 +27,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-from simai_core.staging.dragon import DEFAULT_TIMEOUT_S
+from simai_core.staging.dragon import DEFAULT_TIMEOUT_S, time_put_get
 
 T = TypeVar("T")
 
@@ -87,21 +87,10 @@ def _rank_main(address: str, out: str, nbytes: int, rounds: int) -> None:
     ddict = _one_at_a_time(comm, lambda: DDict.attach(address, timeout=DEFAULT_TIMEOUT_S))
     data = _payload(rank, nbytes)
     try:
-        medians = {}
-        for op in ("put", "get"):
-            comm.Barrier()
-            samples = []
-            for _ in range(rounds + 1):  # the first round is a warm-up
-                t0 = time.perf_counter()
-                if op == "put":
-                    ddict[_key(rank)] = data
-                else:
-                    got = ddict[_key(rank)]
-                samples.append(time.perf_counter() - t0)
-            medians[f"{op}_s"] = float(np.median(samples[1:]))
+        put_s, get_s, got = time_put_get(ddict, _key(rank), data, rounds, comm.Barrier)
         comm.Barrier()
         neighbour = (rank + 1) % size
-        record = {"rank": rank, "size": size, **medians, "own_ok": bool(np.array_equal(got, data)),
+        record = {"rank": rank, "size": size, "put_s": put_s, "get_s": get_s, "own_ok": bool(np.array_equal(got, data)),
                   "neighbour_ok": bool(np.array_equal(ddict[_key(neighbour)], _payload(neighbour, nbytes)))}
         records = comm.gather(record, root=0)
         comm.Barrier()
