@@ -69,8 +69,13 @@ def test_dataset(benchmark, backend, sr, staging_pool, simai_run, nbytes, op, py
         raw_op = (lambda: raw.put(f"raw.{name}", memoryview(data))) if op == "put" \
             else (lambda: raw.get(f"raw.{name}", memoryview(out)))
         reference = InterleavedReference(raw_op)
+
+        def setup() -> None:
+            fetched.clear()  # one copy at a time, freed outside the timed round
+            reference()
+
         target = (lambda: sr.put_dataset(ds)) if op == "put" else (lambda: fetched.append(sr.get_dataset(name)))
-        benchmark.pedantic(target, setup=reference, rounds=rounds, warmup_rounds=1)
+        benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=1)
     finally:
         raw.close()
 

@@ -86,19 +86,19 @@ def _rank_main(address: str, out: str, nbytes: int, rounds: int) -> None:
     rank, size = comm.Get_rank(), comm.Get_size()
     ddict = _one_at_a_time(comm, lambda: DDict.attach(address, timeout=DEFAULT_TIMEOUT_S))
     data = _payload(rank, nbytes)
-    try:
-        put_s, get_s, got = time_put_get(ddict, _key(rank), data, rounds, comm.Barrier)
-        comm.Barrier()
-        neighbour = (rank + 1) % size
-        record = {"rank": rank, "size": size, "put_s": put_s, "get_s": get_s, "own_ok": bool(np.array_equal(got, data)),
-                  "neighbour_ok": bool(np.array_equal(ddict[_key(neighbour)], _payload(neighbour, nbytes)))}
-        records = comm.gather(record, root=0)
-        comm.Barrier()
-        if rank == 0:
-            for r in range(size):
-                del ddict[_key(r)]
-    finally:
-        _one_at_a_time(comm, ddict.detach)
+    # No try/finally: a rank that fails must not enter the collective detach below while the
+    # others wait elsewhere; it raises to __main__, which aborts the job.
+    put_s, get_s, got = time_put_get(ddict, _key(rank), data, rounds, comm.Barrier)
+    comm.Barrier()
+    neighbour = (rank + 1) % size
+    record = {"rank": rank, "size": size, "put_s": put_s, "get_s": get_s, "own_ok": bool(np.array_equal(got, data)),
+              "neighbour_ok": bool(np.array_equal(ddict[_key(neighbour)], _payload(neighbour, nbytes)))}
+    records = comm.gather(record, root=0)
+    comm.Barrier()
+    if rank == 0:
+        for r in range(size):
+            del ddict[_key(r)]
+    _one_at_a_time(comm, ddict.detach)
     if rank == 0:
         Path(out).write_text(json.dumps(records))
 

@@ -91,9 +91,10 @@ class StreamedSender(SnapshotSender):
         if not self._open:
             return
         self._open = False
-        # Published before the close: the trainer sees the end of the stream only after it.
-        self.client.put_tensor(self.keys.stream_steps(self.rank), np.array([self.writer.steps_written], dtype=np.int64))
-        self.writer.close()
+        try:  # published before the close: the trainer sees the end of the stream only after it
+            self.client.put_tensor(self.keys.stream_steps(self.rank), np.array([self.writer.steps_written], np.int64))
+        finally:
+            self.writer.close()
 
 
 def make_sender(cfg: WorkflowConfig, client: StagingClient, keys: Keys, rank: int) -> SnapshotSender:
@@ -197,14 +198,18 @@ class StreamedSource(SnapshotSource):
         late = 0  # steps drained after the stop, never trained on
         for reader in self.readers.values():
             with self.acc.section("wait", what="stream_drain"):
-                for _ in reader.steps(timeout_s=max(1.0, deadline - time.monotonic())):
+                # Each wait gets what is left of the one deadline.
+                while reader.next_step(max(0.0, deadline - time.monotonic())) is not None:
+                    reader.end_step()
                     late += 1
-        written = sum(self._steps_written(rank) for rank in self.owned)
-        received = sum(len(r.received) for r in self.readers.values())
+        written = {rank: self._steps_written(rank) for rank in self.owned}
         # An async writer does not wait for its reader: steps before the reader joined are discarded too.
         before_join = sum(r.received[0] if r.received else 0 for r in self.readers.values())
-        return {"stream_steps_written": written, "stream_steps_received": received, "stream_steps_late": late,
-                "stream_discarded_steps": written - received, "stream_discarded_before_join": before_join}
+        return {"stream_steps_written": sum(written.values()),
+                "stream_steps_received": sum(len(r.received) for r in self.readers.values()),
+                "stream_steps_late": late,
+                "stream_discarded_steps": sum(r.discarded(written[rank]) for rank, r in self.readers.items()),
+                "stream_discarded_before_join": before_join}
 
     def _steps_written(self, rank: int) -> int:
         with self.acc.section("meta"):
