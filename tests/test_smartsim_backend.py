@@ -139,6 +139,10 @@ def test_tensorget_replies_have_redisai_layout(raw, stand_in):
     (("AI.TENSORSET", "bad", "INT8", 1, "VALUES", 300), "invalid value"),
     (("AI.MODELGET", "no.such.model", "BLOB"), "model key is empty"),
     (("AI.MODELSTORE", "bad", "NOSUCH", "CPU", "BLOB", b"x"), "unsupported backend"),
+    # Sizes that would wrap or exhaust memory are refused, not allocated (the server would abort).
+    (("AI.TENSORSET", "bad", "UINT8", 2**40, 2**40), "shape too large"),
+    (("AI.TENSORSET", "bad", "UINT8", 2**40), "larger than 512 MiB"),
+    (("AI.MODELSTORE", "bad", "TORCH", "CPU", "INPUTS", 2**32 - 1, "a", "BLOB", b"x"), "invalid AI.MODELSTORE"),
 ])
 def test_module_errors(raw, stand_in, command, message):
     import redis

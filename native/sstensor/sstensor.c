@@ -34,6 +34,7 @@
 #include "rm_min.h"
 
 #define MAX_DIMS 32
+#define MAX_ZERO_FILL_BYTES ((size_t)512 << 20)
 #define DEFAULT_CHUNK (511LL * 1024 * 1024) /* RedisAI's default MODEL_CHUNK_SIZE */
 #define NO_RUNTIME "ERR not available: the sstensor stand-in has no RedisAI runtime"
 
@@ -129,9 +130,11 @@ static RedisModuleKey *open_typed(RedisModuleCtx *ctx, RedisModuleString *key, i
 static int reply_cstr(RedisModuleCtx *ctx, const char *s) { return RedisModule_ReplyWithStringBuffer(ctx, s, strlen(s)); }
 
 /* ------------------------------------------------------------------ AI.TENSORSET */
+/* Elements in t; -1 when the product of its dimensions overflows. */
 static long long tensor_count(const Tensor *t) {
     long long n = 1;
-    for (int i = 0; i < t->ndims; i++) n *= t->dims[i];
+    for (int i = 0; i < t->ndims; i++)
+        if (__builtin_mul_overflow(n, t->dims[i], &n)) return -1;
     return n;
 }
 
@@ -186,9 +189,14 @@ static int tensor_parse(RedisModuleCtx *ctx, RedisModuleString **argv, int argc,
         t->dims[t->ndims++] = d;
     }
     long long count = tensor_count(t);
-    size_t bytes = (size_t)count * DT_SIZE[t->dtype];
+    size_t bytes;
+    if (count < 0 || __builtin_mul_overflow((size_t)count, DT_SIZE[t->dtype], &bytes))
+        return RedisModule_ReplyWithError(ctx, "ERR tensor shape too large"), REDISMODULE_ERR;
     const char *fmt = i < argc ? RedisModule_StringPtrLen(argv[i], NULL) : "";
     if (i == argc) {
+        /* A shape alone allocates its zeros here: bound it like a bulk argument (proto-max-bulk-len). */
+        if (bytes > MAX_ZERO_FILL_BYTES)
+            return RedisModule_ReplyWithError(ctx, "ERR tensor without data larger than 512 MiB: send a BLOB"), REDISMODULE_ERR;
         t->blob = zero_blob(ctx, bytes);
     } else if (strcasecmp(fmt, "BLOB") == 0) {
         size_t len;
@@ -306,8 +314,8 @@ static int model_parse(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, 
         else if (!strcasecmp(a, "MINBATCHSIZE")) m->minbatch = ll;
         else if (!strcasecmp(a, "MINBATCHTIMEOUT")) m->minbatchtimeout = ll;
         else if (!strcasecmp(a, "INPUTS") || !strcasecmp(a, "OUTPUTS")) {
+            if (ll > argc - i - 2) break;  /* before the cast: a huge count must not wrap */
             n = (int)ll;
-            if (i + 2 + n > argc) break;
             int in = !strcasecmp(a, "INPUTS");
             RedisModuleString **v = own_list(ctx, argv + i + 2, n);
             if (in) free_strings(m->inputs, m->ninputs), m->inputs = v, m->ninputs = n;
