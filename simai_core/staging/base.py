@@ -27,6 +27,13 @@ def as_numpy(array: ArrayLike) -> np.ndarray:
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)  # keeps 0-d shapes
 
 
+def check_out(key: str, out: np.ndarray, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+    """Raise ValueError unless ``out`` can receive the value under ``key``: same dtype and shape, C-contiguous."""
+    if out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous:
+        raise ValueError(f"{key!r} holds {dtype}{list(shape)}; `out` is {out.dtype}{list(out.shape)}"
+                         f"{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
+
+
 class StagingClient(ABC):
     """A connection to a staging area, one per process.
 

@@ -34,7 +34,7 @@ import numpy as np
 from simai_core import mpi
 from simai_core.errors import BackendUnavailableError, SimaiError, StagingFullError
 from simai_core.profiles import MachineProfile
-from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy
+from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 
 DEFAULT_TIMEOUT_S = 30.0  # any DDict operation; a full store times out after this instead of hanging
 MAX_TOTAL_MEM = 2 * 2**30  # the DDict's pools are sized up front (rounded up to a power of two)
@@ -386,9 +386,7 @@ class DragonClient(StagingClient):
         if not isinstance(value, np.ndarray):
             return None
         if out is not None:
-            if out.dtype != value.dtype or out.shape != value.shape or not out.flags.c_contiguous:
-                raise ValueError(f"{key!r} holds {value.dtype}{list(value.shape)}; `out` is {out.dtype}{list(out.shape)}"
-                                 f"{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
+            check_out(key, out, value.dtype, value.shape)
             np.copyto(out, value)
             return out
         return value

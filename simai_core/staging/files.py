@@ -19,7 +19,7 @@ import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.profiles import MachineProfile
-from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy
+from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 
 _SUFFIXES = (".npy", ".bin")
 
@@ -131,8 +131,8 @@ class FileClient(StagingClient):
             shape, _, dtype = np.lib.format._read_array_header(f, version)  # type: ignore[attr-defined]
             if out is None:
                 out = np.empty(shape, dtype)
-            elif out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous:
-                raise ValueError(f"{key!r} holds {dtype}{list(shape)}; `out` is {out.dtype}{list(out.shape)}")
+            else:
+                check_out(key, out, dtype, shape)
             _read_into(f, out.data.cast("B") if out.size else memoryview(b""), key)
         return out
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.profiles import MachineProfile
-from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy
+from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 
 CHUNK_BYTES = 256 * 2**20  # well under proto-max-bulk-len (512 MB)
 _START_TIMEOUT_S = 20.0
@@ -73,7 +73,8 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A TCP port on ``host`` that is free now."""
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -98,7 +99,7 @@ class RedisServer(StagingServer):
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port(self.host)
+        self.port = free_port(self.host)
         args = {
             "port": self.port, "bind": self.host, "requirepass": self.password, "protected-mode": "yes",
             "save": '""', "appendonly": "no", "dir": str(self.workdir), "maxmemory": self.maxmemory_bytes,
@@ -201,7 +202,7 @@ class RedisClient(StagingClient):
         meta, chunks = found
         dtype, shape = np.dtype(meta["dtype"]), tuple(meta["shape"])
         if out is not None:
-            _check_out(key, out, dtype, shape)
+            check_out(key, out, dtype, shape)
             flat = out.reshape(-1).view(np.uint8)
             offset = 0
             for chunk in chunks:
@@ -230,7 +231,7 @@ class RedisClient(StagingClient):
         self._redis.unlink(_meta_key(key), *(_chunk_key(key, i) for i in range(nchunks)))
 
     def clean(self, prefix: str) -> int:
-        keys = list(self._redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+        keys = list(self._redis.scan_iter(match=glob_escape(prefix) + "*", count=1000))
         if keys:
             self._redis.unlink(*keys)
         return sum(1 for k in keys if b"\x1f" not in k)  # values, not their meta and chunk keys
@@ -278,13 +279,8 @@ def _chunk_key(key: str, i: int) -> str:
     return key if i == 0 else f"{key}\x1fc{i}"
 
 
-def _check_out(key: str, out: np.ndarray, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
-    if out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous:
-        raise ValueError(f"{key!r} holds {dtype}{list(shape)}; `out` is {out.dtype}{list(out.shape)}"
-                         f"{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
-
-
-def _glob_escape(prefix: str) -> str:
+def glob_escape(prefix: str) -> str:
+    """``prefix`` with Redis glob characters escaped, for SCAN MATCH."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
 
 

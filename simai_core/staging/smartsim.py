@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import warnings
@@ -36,9 +35,9 @@ import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.profiles import MachineProfile
-from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy
+from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
+from simai_core.staging.redis import CHUNK_BYTES, RedisRaw, free_port, glob_escape
 
-CHUNK_BYTES = 256 * 2**20  # under Redis's 512 MB bulk-string limit
 SSTENSOR_DIR = Path(__file__).resolve().parents[2] / "native" / "sstensor"
 SSTENSOR_SO = SSTENSOR_DIR / "build" / "sstensor.so"
 INSTALL_HINT = "install it with `pip install -e '.[smartsim]'` (smartsim==0.8.0, smartredis==0.6.1) or `make setup`"
@@ -155,8 +154,6 @@ def connect(name: str, address: str) -> SmartSimClient:
 
 def raw_reference(name: str, address: str) -> RawReference:
     """redis-py SET/GET of the raw buffer on the same server."""
-    from simai_core.staging.redis import RedisRaw
-
     return RedisRaw(f"redis://{address}")
 
 
@@ -207,9 +204,7 @@ class SmartSimServer(StagingServer):
         from smartsim._core.utils.network import get_ip_from_interface
 
         host = "127.0.0.1" if self.interface == "lo" else str(get_ip_from_interface(self.interface))
-        with socket.socket() as s:
-            s.bind((host, 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port(host)
         self._exp = Experiment(f"simai-{self.port}", exp_path=str(self.exp_path), launcher=self.launcher)
         if self.deployment == "clustered":
             self._start_orchestrator()
@@ -352,20 +347,18 @@ class SmartSimClient(StagingClient):
         self._redis: Any = None
 
     def put_tensor(self, key: str, array: ArrayLike) -> None:
-        self._put(key, as_numpy(array), "tensor")
+        self._put(key, as_numpy(array))
 
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         arr = self._get(key)
         if arr is None or out is None:
             return arr
-        if out.dtype != arr.dtype or out.shape != arr.shape or not out.flags.c_contiguous:
-            raise ValueError(f"{key!r} holds {arr.dtype}{list(arr.shape)}; `out` is {out.dtype}{list(out.shape)}"
-                             f"{'' if out.flags.c_contiguous else ' (not C-contiguous)'}")
+        check_out(key, out, arr.dtype, arr.shape)
         np.copyto(out, arr)  # SmartRedis 0.6.1's Python API has no unpack_tensor
         return out
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
-        self._put(key, np.frombuffer(memoryview(data).cast("B"), np.uint8), "bytes")
+        self._put(key, np.frombuffer(memoryview(data).cast("B"), np.uint8))
 
     def get_bytes(self, key: str) -> bytes | None:
         arr = self._get(key)
@@ -403,7 +396,7 @@ class SmartSimClient(StagingClient):
 
             host, port = self.address.rsplit(":", 1)
             self._redis = redis.Redis(host=host, port=int(port), socket_timeout=120)
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+        pattern = glob_escape(prefix)
         keys = {*self._redis.scan_iter(match=pattern + "*", count=1000),
                 *self._redis.scan_iter(match="{" + pattern + "*", count=1000)}
         names = {k[1:k.rfind(b"}.")] if k.startswith(b"{") and b"}." in k else k for k in keys}
@@ -417,27 +410,27 @@ class SmartSimClient(StagingClient):
             self._redis.close()
             self._redis = None
 
-    def _put(self, key: str, arr: np.ndarray, kind: str) -> None:
+    def _put(self, key: str, arr: np.ndarray) -> None:
         from smartredis.error import RedisReplyError
 
         try:
             if arr.dtype in _NATIVE and arr.dtype.isnative and arr.ndim and arr.size and arr.nbytes <= CHUNK_BYTES:
                 self._sr.put_tensor(key, arr)
             else:
-                self._put_dataset(key, arr, kind)
+                self._put_dataset(key, arr)
         except RedisReplyError as exc:
             if "OOM" not in str(exc):
                 raise
             raise StagingFullError(f"The SmartSim DB refused {key!r} ({arr.nbytes} bytes): its memory limit is full. "
                                    "Delete old keys, or raise staging.memory_bytes in the machine profile") from None
 
-    def _put_dataset(self, key: str, arr: np.ndarray, kind: str) -> None:
+    def _put_dataset(self, key: str, arr: np.ndarray) -> None:
         from smartredis import Dataset
 
         raw = arr.reshape(-1).view(np.uint8)
         nchunks = -(-raw.size // CHUNK_BYTES)
         ds = Dataset(key)
-        meta = {"dtype": arr.dtype.str, "shape": json.dumps(list(arr.shape)), "kind": kind, "nchunks": str(nchunks)}
+        meta = {"dtype": arr.dtype.str, "shape": json.dumps(list(arr.shape)), "nchunks": str(nchunks)}
         for field, value in meta.items():
             ds.add_meta_string(field, value)
         for i in range(nchunks):
