@@ -104,6 +104,19 @@ def test_window_takes_a_step_whose_snapshots_arrive_apart():
     assert [(rank, float(a[0, 0])) for rank, a in window.samples()] == [(0, 0.0), (1, 0.0), (0, 1.0), (1, 1.0), (1, 2.0)]
 
 
+def test_window_drops_a_snapshot_of_a_step_it_already_evicted():
+    from simai_core.workflow.dataset import SnapshotWindow
+
+    window = SnapshotWindow((0, 1), n_in=1, window=2)
+    for step in (0, 5, 10):
+        window.add_step(step, {0: np.full((3, 2), float(step))})
+    assert window.add_step(0, {1: np.zeros((3, 2))}) == [] and list(window.steps) == [5, 10]
+    assert (1, 0) not in window.arrays
+    window.add_step(20, {0: np.ones((3, 2))})
+    window.add_step(15, {1: np.ones((3, 2))})  # late but still in the window: kept in order, 20 stays
+    assert list(window.steps) == [15, 20]
+
+
 def test_heartbeat_and_monitor(files):
     keys = Keys("t1")
     beat = Heartbeat(files, keys.sim_status, interval_s=0.0)

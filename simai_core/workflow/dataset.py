@@ -11,6 +11,7 @@ of the owned ranks' snapshots (discarded in async mode, or not arrived yet).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -27,22 +28,29 @@ class SnapshotWindow:
         self.owned = owned
         self.n_in = n_in
         self.window = window
-        self.steps: deque[int] = deque()
+        self.steps: deque[int] = deque()  # ascending
         self.arrays: dict[tuple[int, int], np.ndarray] = {}
+        self.newest_evicted = -1
         self.version = 0  # bumped on every change, so cached tensors know when to rebuild
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def add_step(self, step: int, arrays: dict[int, np.ndarray]) -> list[int]:
-        """Add snapshots of one sync step (some or all owned ranks'); returns evicted steps."""
+        """Add snapshots of one sync step (some or all owned ranks'); returns evicted steps.
+
+        A snapshot that arrives after its step left the window is dropped: taking it back would
+        evict a newer step in its place.
+        """
+        if step <= self.newest_evicted:
+            return []
         if step not in self.steps:
-            self.steps.append(step)
+            bisect.insort(self.steps, step)  # a late step goes where it belongs, not at the newest end
         for rank, array in arrays.items():
             self.arrays[(rank, step)] = array
         evicted = []
         while self.window is not None and len(self.steps) > self.window:
-            old = self.steps.popleft()
+            old = self.newest_evicted = self.steps.popleft()
             evicted.append(old)
             for rank in self.owned:
                 self.arrays.pop((rank, old), None)
@@ -75,7 +83,7 @@ class PointBatches:
 
     def n_batches(self, steps: int) -> int:
         """Batches per epoch over ``steps`` steps: equal on every trainer rank given the same ``steps``."""
-        per_snapshot = len(self.x) // max(1, len(self.window.samples()))
+        per_snapshot = len(self.x) // max(1, len(self.window.arrays))
         return math.ceil(self.max_owned * steps * per_snapshot / self.batch)
 
     def epoch(self, steps: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
