@@ -84,13 +84,18 @@ class StreamPair:
             return f"pairs: rank 2i writes, rank 2i+1 reads ({mpi.size() // 2} streams)"
         return "serial: a peer process writes, the test process reads"
 
-    def directory(self, tmp_path: Path) -> Path:
-        """Where the SST contact file and BP5 files go: the profile's shared path, else the reader's test dir."""
+    @contextlib.contextmanager
+    def directory(self, tmp_path: Path) -> Iterator[Path]:
+        """Where the SST contact file and BP5 files go: the profile's shared path (removed after), else the test dir."""
         if self.shared is None:
-            return tmp_path
+            yield tmp_path
+            return
         path = Path(self.shared) / f"simai-adios2-{getpass.getuser()}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
-        return path
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def run(self, benchmark: Any, plan: Plan) -> tuple[Side, dict[str, Any]]:
         """Run ``plan`` on both ends (the reader's plan is sent to the writer); return this end and the writer's results."""
@@ -111,8 +116,6 @@ class StreamPair:
             if log:
                 raise RuntimeError(f"{exc}\n--- stream peer log ---\n{log}") from exc
             raise
-        if self.writer:
-            results = {"round_s": side.round_s, "raw_s": side.raw_s}
         return side, results
 
     def _link(self) -> PairLink:
@@ -186,19 +189,24 @@ def _nothing_left(directory: Path, plan: Plan) -> None:
     assert not list(Path("/tmp").glob(f"{plan.name}*_profiling.json")), "a BP5 profiling file was left in /tmp"
 
 
-@pytest.mark.parametrize("mode", STREAM_MODES)
-def test_stream(benchmark: Any, stream_pair: StreamPair, simai_profile: MachineProfile, pytestconfig: pytest.Config,
-                tmp_path: Path, nbytes: int, mode: str) -> None:
-    directory = stream_pair.directory(tmp_path)
-    plan = _plan("stream", mode, nbytes, stream_pair, directory, pytestconfig)
+def _run_checked(benchmark: Any, stream_pair: StreamPair, plan: Plan, directory: Path) -> dict[str, float]:
+    """Run ``plan``: the FOMs this rank measured, once the reader checked the data and that nothing is left."""
     side, results = stream_pair.run(benchmark, plan)
-
     local = writer_foms(plan, results) if stream_pair.writer or mpi.size() == 1 else {}
     if not stream_pair.writer:
         side.check()  # the transfer must be right, not only fast
         local |= side.foms()
-        assert plan.mode == "async" or local["discarded_steps"] == 0, "sync mode lost steps"
         _nothing_left(directory, plan)
+    return local
+
+
+@pytest.mark.parametrize("mode", STREAM_MODES)
+def test_stream(benchmark: Any, stream_pair: StreamPair, simai_profile: MachineProfile, pytestconfig: pytest.Config,
+                tmp_path: Path, nbytes: int, mode: str) -> None:
+    with stream_pair.directory(tmp_path) as directory:
+        plan = _plan("stream", mode, nbytes, stream_pair, directory, pytestconfig)
+        local = _run_checked(benchmark, stream_pair, plan, directory)
+    assert stream_pair.writer or mode == "async" or local["discarded_steps"] == 0, "sync mode lost steps"
     specs = {"stream_GBps": AGGREGATE_GBPS, "step_latency_s": LATENCY, "step_interval_s": LATENCY,
              "discarded_steps": DISCARDS, "raw_GBps": AGGREGATE_GBPS, "producer_GBps": AGGREGATE_GBPS}
     detail = stream_detail(plan.config(), "SST") | {"raw": RAW_TCP, "pairs": stream_pair.layout}
@@ -206,21 +214,13 @@ def test_stream(benchmark: Any, stream_pair: StreamPair, simai_profile: MachineP
               "queue_limit": plan.queue_limit, "raw": RAW_TCP, "latency": LATENCY_DEF, "same_node": stream_pair.same_node}
     record(benchmark, _run_info(simai_profile, detail, params), local, specs,
            ratios={"stream_vs_raw": ("stream_GBps", "raw_GBps")})
-    if stream_pair.shared is not None:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_bp5(benchmark: Any, stream_pair: StreamPair, simai_profile: MachineProfile, pytestconfig: pytest.Config,
              tmp_path: Path, nbytes: int) -> None:
-    directory = stream_pair.directory(tmp_path)
-    plan = _plan("bp5", "sync", nbytes, stream_pair, directory, pytestconfig)
-    side, results = stream_pair.run(benchmark, plan)
-
-    local = writer_foms(plan, results) if stream_pair.writer or mpi.size() == 1 else {}
-    if not stream_pair.writer:
-        side.check()
-        local |= side.foms()
-        _nothing_left(directory, plan)
+    with stream_pair.directory(tmp_path) as directory:
+        plan = _plan("bp5", "sync", nbytes, stream_pair, directory, pytestconfig)
+        local = _run_checked(benchmark, stream_pair, plan, directory)
     specs = {name: AGGREGATE_GBPS for name in ("bp5_write_GBps", "raw_write_GBps", "bp5_read_GBps", "raw_read_GBps")}
     detail = stream_detail(plan.config(), "BP5") | {"raw": RAW_FILE, "pairs": stream_pair.layout}
     params = {"nbytes": nbytes, "steps_per_round": plan.steps, "rounds": plan.rounds, "raw": RAW_FILE,
@@ -228,5 +228,3 @@ def test_bp5(benchmark: Any, stream_pair: StreamPair, simai_profile: MachineProf
     record(benchmark, _run_info(simai_profile, detail, params), local, specs,
            ratios={"bp5_write_vs_raw": ("bp5_write_GBps", "raw_write_GBps"),
                    "bp5_read_vs_raw": ("bp5_read_GBps", "raw_read_GBps")})
-    if stream_pair.shared is not None:
-        shutil.rmtree(directory, ignore_errors=True)

@@ -173,13 +173,6 @@ class StreamReader(ABC):
             raise StreamTimeoutError(f"no step arrived on the {self.backend} stream within {self._timeout(timeout_s):g} s")
         return None if result is StepStatus.END else result
 
-    def poll_step(self, timeout_s: float = 0.0) -> StepInfo | None:
-        """Like :meth:`next_step` but None when no step is ready yet; :class:`StreamError` at the end."""
-        result = self._step(timeout_s)
-        if result is StepStatus.END:
-            raise StreamError(f"the {self.backend} stream ended")
-        return None if result is StepStatus.NOT_READY else result
-
     def try_step(self, timeout_s: float = 0.0) -> StepInfo | None:
         """The next step if one is ready within ``timeout_s``, else None (also at the end: see :attr:`ended`)."""
         if self.ended:

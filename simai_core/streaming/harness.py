@@ -160,8 +160,14 @@ class Side:
         """One timed round."""
 
     def close(self) -> dict[str, Any]:
-        """Tear down after the last round; the reader end returns the writer end's results."""
+        """Tear down after the last round; both ends return the writer end's results."""
         return {}
+
+    def _hand_over_results(self) -> dict[str, Any]:
+        """The writer end's timings: sent to the reader end, and returned."""
+        results = {"round_s": self.round_s, "raw_s": self.raw_s}
+        self.link.send(results)
+        return results
 
     def foms(self) -> dict[str, float]:
         """The FOMs this end measured itself (the reader end's; the writer's come from :func:`writer_foms`)."""

@@ -187,13 +187,13 @@ def peer_log(workdir: Path, tail: int = 4000) -> str:
     return path.read_text(errors="replace")[-tail:] if path.is_file() else "(no peer log)"
 
 
-def stop_peer(proc: subprocess.Popen[bytes], workdir: Path, timeout_s: float, keep_log: bool = False) -> int:
-    """Wait for the peer to exit (kill it past ``timeout_s``), remove its log unless asked, return its exit code."""
+def stop_peer(proc: subprocess.Popen[bytes], workdir: Path, timeout_s: float) -> int:
+    """Wait for the peer to exit (kill it past ``timeout_s``), return its exit code; its log stays if it failed."""
     try:
         code = proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         code = proc.wait()
-    if not keep_log and code == 0:
+    if code == 0:
         (workdir / "peer.log").unlink(missing_ok=True)
     return code

@@ -58,8 +58,7 @@ class StreamWriterSide(Side):
 
     def close(self) -> dict[str, Any]:
         self.writer.close()
-        self.link.send({"written": self.writer.steps_written, "round_s": self.round_s, "raw_s": self.raw_s})
-        return {}
+        return self._hand_over_results()
 
 
 class StreamReaderSide(Side):
@@ -143,8 +142,7 @@ class Bp5WriterSide(Side):
         self.link.recv()  # the reader read and removed it
 
     def close(self) -> dict[str, Any]:
-        self.link.send({"round_s": self.round_s, "raw_s": self.raw_s})
-        return {}
+        return self._hand_over_results()
 
 
 class Bp5ReaderSide(Side):
