@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.net import free_port, interface_address
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 
@@ -41,7 +41,7 @@ def check_available(name: str) -> None:
 
 def make_server(name: str, profile: MachineProfile, workdir: Path) -> RedisServer:
     """A redis-server for this profile: its interface, its memory limit."""
-    host = "127.0.0.1" if profile.staging.network_interface == "lo" else _interface_address(profile.staging.network_interface)
+    host = interface_address(profile.staging.network_interface)
     return RedisServer(workdir, host=host, maxmemory_bytes=profile.staging.memory_bytes)
 
 
@@ -55,29 +55,12 @@ def raw_reference(name: str, address: str) -> RawReference:
     return RedisRaw(address)
 
 
-def _interface_address(interface: str) -> str:
-    """The IPv4 address of a network interface (Linux)."""
-    import fcntl
-    import struct
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", interface[:15].encode()))  # SIOCGIFADDR
-    return socket.inet_ntoa(packed[20:24])
-
-
 def die_with_parent() -> None:
     """In a child before exec: ask Linux to send SIGTERM when the parent dies (PR_SET_PDEATHSIG)."""
     import ctypes
     import signal
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def free_port(host: str) -> int:
-    """A TCP port on ``host`` that is free now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer(StagingServer):

@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.net import free_port
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
-from simai_core.staging.redis import CHUNK_BYTES, RedisRaw, free_port, glob_escape
+from simai_core.staging.redis import CHUNK_BYTES, RedisRaw, glob_escape
 
 SSTENSOR_DIR = Path(__file__).resolve().parents[2] / "native" / "sstensor"
 SSTENSOR_SO = SSTENSOR_DIR / "build" / "sstensor.so"

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from simai_core.errors import BackendUnavailableError
+from simai_core.net import LOOPBACK
 from simai_core.streaming.base import StreamConfig
 
 INSTALL_HINT = "pip install 'adios2==2.12.1.1001' (or pip install -e '.[adios2]')"
-_LOOPBACK = ("lo", "lo0")
 
 
 def check_available() -> None:
@@ -68,7 +68,7 @@ def choose_data_plane(config: StreamConfig) -> str:
     """
     if config.data_plane != "auto":
         return config.data_plane.upper()
-    if config.network_interface in _LOOPBACK:
+    if config.network_interface in LOOPBACK:
         return "WAN"
     planes = sst_data_planes()
     if planes is None:

@@ -10,7 +10,6 @@ serial run, from a peer process that the reader starts with :func:`spawn_peer`.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import select
@@ -22,25 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simai_core.net import interface_address
 from simai_core.streaming.base import StreamError, StreamTimeoutError
 
 _HEADER = struct.Struct("!I")
-_SIOCGIFADDR = 0x8915
 _LAUNCHER_ENV = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_", "I_MPI_")
 _TAG = 71
-
-
-def interface_address(name: str) -> str:
-    """The IPv4 address of network interface ``name`` (``lo`` is 127.0.0.1)."""
-    if name in ("lo", "lo0"):
-        return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            packed = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
-        except OSError as exc:
-            raise ValueError(f"network interface {name!r} has no IPv4 address here ({exc}); "
-                             f"check staging.network_interface in the machine profile") from None
-    return socket.inet_ntoa(packed[20:24])
 
 
 class PairLink:
