@@ -30,6 +30,7 @@ import numpy as np
 
 from simai_core.errors import SimaiError
 from simai_core.staging.base import StagingClient
+from simai_core.workflow.timers import Accounting
 
 STOP_CODES = {0: "running", 1: "tolerance", 2: "max_steps", 3: "error"}
 STOP_REASONS = {v: k for k, v in STOP_CODES.items()}
@@ -147,6 +148,18 @@ class PeerMonitor:
                 f"the {self.peer} component has been silent for {silent:.1f} s (> {self.peer_timeout_s:g} s, "
                 f"last heartbeat {self._beat}): it was killed or hangs"
             )
+
+
+def fetch_announced(client: StagingClient, acc: Accounting, keys: Keys, key: str, category: str,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Get a tensor the simulation announced, timed as ``category``; :class:`WorkflowError` when it is missing."""
+    with acc.section(category, key=key.removeprefix(keys.prefix)) as ev:
+        array = client.get_tensor(key, out=out)
+        if array is not None:
+            ev["nbytes"] = array.nbytes
+    if array is None:
+        raise WorkflowError(f"staging key {key!r} is missing although the simulation announced it")
+    return array
 
 
 def publish_error(client: StagingClient | None, keys: Keys, component: str, message: str) -> None:

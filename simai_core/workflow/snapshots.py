@@ -23,7 +23,7 @@ import numpy as np
 
 from simai_core.staging.base import StagingClient
 from simai_core.workflow.config import StreamedDataConfig, WorkflowConfig
-from simai_core.workflow.protocol import Keys, WorkflowError
+from simai_core.workflow.protocol import Keys, WorkflowError, fetch_announced
 from simai_core.workflow.timers import Accounting
 
 #: A batch of received snapshots: sync step -> {simulation rank: snapshot}.
@@ -147,12 +147,7 @@ class StagedSource(SnapshotSource):
         return received
 
     def _fetch(self, key: str) -> np.ndarray:
-        with self.acc.section("data", key=key.removeprefix(self.keys.prefix)) as ev:
-            array = self.client.get_tensor(key, out=self._buffer())
-            if array is not None:
-                ev["nbytes"] = array.nbytes
-        if array is None:
-            raise WorkflowError(f"staging key {key!r} is missing although the simulation announced it")
+        array = fetch_announced(self.client, self.acc, self.keys, key, "data", out=self._buffer())
         if self.delete:
             with self.acc.section("data", record=False):
                 self.client.delete(key)

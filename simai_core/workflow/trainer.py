@@ -26,7 +26,7 @@ from simai_core.workflow.collective import agree
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.dataset import GraphBatches, PointBatches, SnapshotWindow
 from simai_core.workflow.layout import Role
-from simai_core.workflow.protocol import Heartbeat, Keys, PeerMonitor, WorkflowError
+from simai_core.workflow.protocol import Heartbeat, Keys, PeerMonitor, fetch_announced
 from simai_core.workflow.report import ComponentReport
 from simai_core.workflow.snapshots import SnapshotSource, make_source
 from simai_core.workflow.timers import Accounting
@@ -130,13 +130,7 @@ class Trainer:
         return graphs
 
     def _get(self, key: str, category: str) -> np.ndarray:
-        with self.acc.section(category, key=key.removeprefix(self.keys.prefix)) as ev:
-            array = self.client.get_tensor(key)
-            if array is not None:
-                ev["nbytes"] = array.nbytes
-        if array is None:
-            raise WorkflowError(f"staging key {key!r} is missing although the simulation announced it")
-        return array
+        return fetch_announced(self.client, self.acc, self.keys, key, category)
 
     def _control(self) -> tuple[int, bool]:
         """(newest sync step complete on every scope, stop requested), agreed by all trainer ranks."""
