@@ -4,7 +4,7 @@ A benchmark's ``extra_info`` in the pytest-benchmark JSON holds two blocks:
 
 * ``simai``: ``{schema, level, motif, backend, backend_detail, deployment,
   world_size, machine, params}`` (see :class:`RunInfo`);
-* ``fom``: ``{name: {value, unit, better, ranks: {min, mean, max}}}``
+* ``fom``: ``{name: {value, unit, better, ranks: {min, mean, max}, samples}}``
   (see :class:`Fom`). GB means 1e9 bytes.
 """
 
@@ -45,6 +45,9 @@ class Fom(BaseModel):
     unit: str = Field(description="Unit, e.g. 's', 'GB/s', '%', 'ratio', 'count'")
     better: Better = Field(description="Which direction is an improvement")
     ranks: RankSpread = Field(description="Spread of the per-rank values")
+    samples: list[float] | None = Field(
+        None, description="The observations behind `value`, in its unit, for statistical comparison: one per round "
+                          "(measured aggregates) or one per round and rank, or one per rank (workflow figures)")
 
 
 class RunInfo(BaseModel):
@@ -86,6 +89,7 @@ def reduce_foms(
             unit=spec.unit,
             better=spec.better,
             ranks=RankSpread(min=min(values), mean=sum(values) / len(values), max=max(values)),
+            samples=values,
         )
     return foms
 
