@@ -49,7 +49,7 @@ def test_values_past_the_chunk_size_are_split(server, monkeypatch):
     out = np.empty_like(array)
     np.testing.assert_array_equal(client.get_tensor("big", out=out), array)
     client.delete("big")
-    assert client._redis.dbsize() == 0
+    assert client.command("DBSIZE") == 0
     client.close()
 
 

@@ -1,9 +1,11 @@
-"""Redis backend: a real redis-server started for the run, reached with redis-py + hiredis.
+"""Redis backend: a real redis-server started for the run, reached in plain RESP (:mod:`.resp`).
 
 A value is a plain string key holding the data (so the server stores it as SET would, without a
-copy), a metadata key beside it (dtype, shape, chunk count) and, past Redis's 512 MB bulk-string
-limit, further chunk keys. One MSET writes them all atomically and one MGET reads them, so a put
-or a get is one round trip. Blobs use the same layout without a shape.
+copy), a metadata key beside it (dtype, shape, size, chunk count) and, past 256 MiB, further chunk
+keys (Redis's bulk strings stop at 512 MB). One MSET writes them all atomically. One MGET reads
+the metadata and the first chunk, straight into the caller's array, so a put or a get is one round
+trip; a value past 256 MiB takes a second MGET that re-reads the metadata with the other chunks,
+and the read is retried when a writer came in between. Blobs use the same layout without a shape.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +25,10 @@ from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.net import free_port, interface_address
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
+from simai_core.staging.resp import RedisPyRaw, RespConnection, RespError, RespRaw, expect_ok
 
 CHUNK_BYTES = 256 * 2**20  # well under proto-max-bulk-len (512 MB)
+_CONSISTENT_READ_TRIES = 5
 _START_TIMEOUT_S = 20.0
 
 
@@ -51,8 +55,13 @@ def connect(name: str, address: str) -> RedisClient:
 
 
 def raw_reference(name: str, address: str) -> RawReference:
-    """redis-py SET/GET of the raw buffer on the same server."""
-    return RedisRaw(address)
+    """Plain RESP SET/GET of the raw buffer on the same server: the protocol's limit from Python."""
+    return RespRaw(address)
+
+
+def second_references(name: str, address: str) -> dict[str, RawReference]:
+    """Further named paths the micro benchmark reports ratios against: what redis-py (+ hiredis) gets."""
+    return {"redispy": RedisPyRaw(address)}
 
 
 def die_with_parent() -> None:
@@ -146,7 +155,8 @@ class RedisServer(StagingServer):
 
         return {
             "server": next((w.split("=")[1] for w in version if w.startswith("v=")), "unknown"),
-            "client": f"redis-py {redis.__version__}",
+            "client": "plain RESP (simai_core.staging.resp)",
+            "redispy_reference": f"redis-py {redis.__version__}",
             "hiredis": _hiredis_version(),
             "host": self.host,
             "maxmemory_bytes": self.maxmemory_bytes,
@@ -163,95 +173,139 @@ def _hiredis_version() -> str | None:
 
 
 class RedisClient(StagingClient):
-    """Staging client over one redis-py connection."""
+    """Staging client over one plain-RESP connection (:mod:`simai_core.staging.resp`).
+
+    A put sends the value's bytes as they are, a get reads them straight into ``out``: the same
+    path as the raw reference, plus one small metadata key in the same round trip.
+    """
 
     backend = "redis"
 
     def __init__(self, address: str) -> None:
-        import redis
-
-        url = urlsplit(address)
-        self._redis = redis.Redis(host=url.hostname or "127.0.0.1", port=url.port or 6379, password=url.password,
-                                  socket_timeout=120, socket_connect_timeout=10, single_connection_client=True)
+        self._conn = RespConnection(address)
 
     def put_tensor(self, key: str, array: ArrayLike) -> None:
         arr = as_numpy(array)
-        self._hset(key, {"dtype": arr.dtype.str, "shape": list(arr.shape)}, arr.data.cast("B"))
+        self._put(key, {"dtype": arr.dtype.str, "shape": list(arr.shape)}, arr.data.cast("B"))
 
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
-        found = self._hget(key)
-        if found is None:
-            return None
-        meta, chunks = found
-        dtype, shape = np.dtype(meta["dtype"]), tuple(meta["shape"])
-        if out is not None:
+        def target(meta: dict[str, Any]) -> np.ndarray:
+            dtype, shape = np.dtype(meta["dtype"]), tuple(meta["shape"])
+            if out is None:
+                return np.empty(shape, dtype)
             check_out(key, out, dtype, shape)
-            flat = out.reshape(-1).view(np.uint8)
-            offset = 0
-            for chunk in chunks:
-                flat[offset:offset + len(chunk)] = np.frombuffer(chunk, np.uint8)
-                offset += len(chunk)
             return out
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return np.frombuffer(data, dtype).reshape(shape)
+
+        return self._get(key, target)
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
-        self._hset(key, {"dtype": None, "shape": None}, memoryview(data).cast("B"))
+        self._put(key, {"dtype": None, "shape": None}, memoryview(data).cast("B"))
 
     def get_bytes(self, key: str) -> bytes | None:
-        found = self._hget(key)
-        if found is None:
-            return None
-        chunks = found[1]
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        value = self._get(key, lambda meta: np.empty(meta["nbytes"], np.uint8))
+        return None if value is None else value.tobytes()
 
     def exists(self, key: str) -> bool:
-        return bool(self._redis.exists(key))
+        return bool(self._conn.command("EXISTS", key))
 
     def delete(self, key: str) -> None:
-        meta_raw = self._redis.get(_meta_key(key))
+        meta_raw = self._conn.command("GET", _meta_key(key))
         nchunks = json.loads(meta_raw)["nchunks"] if meta_raw else 1
-        self._redis.unlink(_meta_key(key), *(_chunk_key(key, i) for i in range(nchunks)))
+        self._conn.command("UNLINK", _meta_key(key), *(_chunk_key(key, i) for i in range(nchunks)))
 
     def clean(self, prefix: str) -> int:
-        keys = list(self._redis.scan_iter(match=glob_escape(prefix) + "*", count=1000))
-        if keys:
-            self._redis.unlink(*keys)
+        keys: list[bytes] = []
+        cursor = b"0"
+        while True:
+            cursor, batch = self._conn.command("SCAN", cursor, "MATCH", glob_escape(prefix) + "*", "COUNT", 1000)
+            keys += batch
+            if cursor == b"0":
+                break
+        for i in range(0, len(keys), 1000):
+            self._conn.command("UNLINK", *keys[i:i + 1000])
         return sum(1 for k in keys if b"\x1f" not in k)  # values, not their meta and chunk keys
 
     def close(self) -> None:
-        self._redis.close()
+        self._conn.close()
 
-    def _hset(self, key: str, meta: dict[str, Any], payload: memoryview) -> None:
-        from redis.exceptions import OutOfMemoryError
+    def command(self, *args: str | bytes | int) -> Any:
+        """Run any Redis command on this client's connection (for tests and diagnostics)."""
+        return self._conn.command(*args)
 
+    def _put(self, key: str, meta: dict[str, Any], payload: memoryview) -> None:
         nchunks = max(1, -(-payload.nbytes // CHUNK_BYTES))
-        meta["nchunks"] = nchunks
+        meta.update(nbytes=payload.nbytes, nchunks=nchunks)
+        if nchunks > 1:
+            meta["write"] = secrets.token_hex(8)  # tells a two-read get that both reads saw one write
         pairs: list[Any] = [_meta_key(key), json.dumps(meta)]
         for i in range(nchunks):
             pairs += [_chunk_key(key, i), payload[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]]
         try:
             # Readers follow `meta`, so extra chunks of an older, larger (> CHUNK_BYTES) value are
             # never read; they stay until clean() of their prefix.
-            self._redis.execute_command("MSET", *pairs)
-        except OutOfMemoryError:
+            expect_ok(self._conn.command("MSET", *pairs), f"MSET {key}")
+        except RespError as exc:
+            if exc.kind != "OOM":
+                raise
             raise StagingFullError(
                 f"Redis refused {key!r} ({payload.nbytes} bytes): the server's memory limit is full. "
                 "Delete old keys, or raise staging.memory_bytes in the machine profile"
             ) from None
 
-    def _hget(self, key: str) -> tuple[dict[str, Any], list[bytes]] | None:
-        meta_raw, first = cast("list[Any]", self._redis.mget([_meta_key(key), key]))  # bytes: no decode_responses
-        if meta_raw is None or first is None:
-            return None
+    def _get(self, key: str, target: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray | None:
+        """One MGET of meta and the first chunk, read into ``target(meta)``; values past one chunk take one more."""
+        for _ in range(_CONSISTENT_READ_TRIES):
+            self._conn.send("MGET", _meta_key(key), key)
+            read = self._read_first(key, target)
+            if read is None:
+                return None
+            meta, value = read
+            if meta["nchunks"] == 1 or self._read_rest(key, meta, value):
+                return value
+        raise RuntimeError(f"{key!r} was rewritten during each of {_CONSISTENT_READ_TRIES} reads; "
+                           "a value past 256 MiB cannot be read while another process keeps replacing it")
+
+    def _read_first(self, key: str, target: Callable[[dict[str, Any]], np.ndarray]
+                    ) -> tuple[dict[str, Any], np.ndarray] | None:
+        self._conn.array_header()
+        meta_raw = self._conn.reply()
+        size = self._conn.bulk_header()
+        if meta_raw is None or size is None:
+            if size is not None:
+                self._conn.skip(size)
+            return None  # missing, or deleted between the two keys' writes
         meta = json.loads(meta_raw)
-        chunks: list[bytes] = [first]
-        if meta["nchunks"] > 1:
-            rest = cast("list[bytes | None]", self._redis.mget([_chunk_key(key, i) for i in range(1, meta["nchunks"])]))
-            if any(c is None for c in rest):
-                return None  # deleted while we read it
-            chunks += [c for c in rest if c is not None]
-        return meta, chunks
+        try:
+            value = target(meta)
+        except BaseException:
+            self._conn.skip(size)
+            raise
+        flat = value.reshape(-1).view(np.uint8)
+        if size != min(flat.nbytes, CHUNK_BYTES):
+            self._conn.skip(size)
+            raise RuntimeError(f"{key!r}: stored chunk of {size} bytes does not match its metadata ({meta})")
+        self._conn.bulk_into(flat[:size].data)
+        return meta, value
+
+    def _read_rest(self, key: str, meta: dict[str, Any], value: np.ndarray) -> bool:
+        """Read chunks 1.. in one MGET with the meta again; False when another write came between the reads."""
+        nchunks = meta["nchunks"]
+        self._conn.send("MGET", _meta_key(key), *(_chunk_key(key, i) for i in range(1, nchunks)))
+        self._conn.array_header()
+        again = self._conn.reply()
+        same = again is not None and json.loads(again) == meta
+        flat = value.reshape(-1).view(np.uint8)
+        for i in range(1, nchunks):
+            size = self._conn.bulk_header()
+            part = flat[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]
+            if size is None:
+                same = False
+            elif same and size == part.nbytes:
+                self._conn.bulk_into(part.data)
+            else:
+                same = False
+                self._conn.skip(size)
+        return same
 
 
 def _meta_key(key: str) -> str:
@@ -265,24 +319,3 @@ def _chunk_key(key: str, i: int) -> str:
 def glob_escape(prefix: str) -> str:
     """``prefix`` with Redis glob characters escaped, for SCAN MATCH."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
-
-
-class RedisRaw(RawReference):
-    """SET and GET of the raw buffer through redis-py, as an application without a staging layer would."""
-
-    description = "redis-py SET/GET of the raw buffer on the same server"
-
-    def __init__(self, address: str) -> None:
-        import redis
-
-        self._redis = redis.Redis.from_url(address, socket_timeout=120, single_connection_client=True)
-
-    def put(self, key: str, data: memoryview) -> None:
-        self._redis.set(key, data)  # type: ignore[arg-type]  # redis-py sends buffers as they are
-
-    def get(self, key: str, out: memoryview) -> None:
-        if self._redis.get(key) is None:
-            raise KeyError(key)
-
-    def close(self) -> None:
-        self._redis.close()

@@ -87,6 +87,12 @@ def raw_reference(name: str, address: str) -> RawReference:
     return load(name).raw_reference(name, address)  # type: ignore[no-any-return]
 
 
+def second_references(name: str, address: str) -> dict[str, RawReference]:
+    """Further named paths backend ``name`` is reported against (``*_vs_<name>``), beside its raw reference."""
+    module = load(name)
+    return dict(module.second_references(name, address)) if hasattr(module, "second_references") else {}
+
+
 def connect(name: str, address: str) -> StagingClient:
     """A client of backend ``name`` connected to the server at ``address``."""
     return load(name).connect(name, address)  # type: ignore[no-any-return]
