@@ -37,7 +37,8 @@ from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.net import free_port
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
-from simai_core.staging.redis import CHUNK_BYTES, RedisRaw, glob_escape
+from simai_core.staging.redis import CHUNK_BYTES, glob_escape
+from simai_core.staging.resp import RedisPyRaw, RespRaw
 
 SSTENSOR_DIR = Path(__file__).resolve().parents[2] / "native" / "sstensor"
 SSTENSOR_SO = SSTENSOR_DIR / "build" / "sstensor.so"
@@ -154,8 +155,13 @@ def connect(name: str, address: str) -> SmartSimClient:
 
 
 def raw_reference(name: str, address: str) -> RawReference:
-    """redis-py SET/GET of the raw buffer on the same server."""
-    return RedisRaw(f"redis://{address}")
+    """Plain RESP SET/GET of the raw buffer on the same Orchestrator: the protocol's limit from Python."""
+    return RespRaw(f"redis://{address}")
+
+
+def second_references(name: str, address: str) -> dict[str, RawReference]:
+    """Further named paths the micro benchmark reports ratios against: what redis-py (+ hiredis) gets."""
+    return {"redispy": RedisPyRaw(f"redis://{address}")}
 
 
 # ---------------------------------------------------------------- server
