@@ -39,6 +39,18 @@ def test_accounting_adds_up_and_records_events():
     assert acc.events[0]["t0_s"] >= 0
 
 
+def test_a_section_hands_its_waiting_part_to_wait():
+    acc = Accounting("sim", 0, start_epoch_s=time.time())
+    acc.start()
+    with acc.section("data", nbytes=1000) as ev:
+        time.sleep(0.05)
+        ev["waited_s"] = 0.03  # e.g. a sync stream writer blocked on a full queue
+    acc.stop()
+    assert acc.seconds["wait"] == pytest.approx(0.03)
+    assert 0.02 <= acc.seconds["data"] == acc.transfer_seconds["data"] < 0.05
+    assert acc.events[0]["dt_s"] >= 0.05 and acc.events[0]["waited_s"] == 0.03
+
+
 def test_sections_must_not_nest():
     acc = Accounting("train", 0, time.time())
     with acc.section("compute"), pytest.raises(RuntimeError, match="must not nest"), acc.section("data"):
@@ -89,6 +101,32 @@ def test_window_keeps_the_newest_steps_and_batches_agree():
     assert x.shape == (4, 1) and torch.equal(x, y)
     # Another rank's window holds a step more: this one runs that many batches too.
     assert len(list(batches.epoch(3))) == 23  # ceil(3 * 3 * 10 / 4)
+    capped = PointBatches(window, batch=4, max_owned=3, device=torch.device("cpu"), seed=0, epoch_batches=6)
+    assert len(list(capped.epoch(3))) == capped.n_batches(3) == 6  # a random draw from the window
+
+
+def test_graph_patches_cover_every_node_with_the_edges_inside():
+    torch = pytest.importorskip("torch")
+    from simai_core.workflow.dataset import GraphBatches, SnapshotWindow, split_graph
+    from simai_core.workflow.graph import knn_graph
+
+    pos = np.stack(np.meshgrid(np.arange(8.0), np.arange(8.0), indexing="ij"), -1).reshape(-1, 2)
+    edges, _ = knn_graph(pos, 4, "scipy")
+    parts = split_graph(pos, edges, 3)
+    assert [(a, b) for a, b, _, _ in parts] == [(0, 21), (21, 43), (43, 64)]
+    kept = sum(e.shape[1] for _, _, e, _ in parts)
+    crossing = sum(1 for s, r in edges.T if (s < 21) != (r < 21) or (s < 43) != (r < 43))
+    assert kept + crossing == edges.shape[1]
+    for a, b, e, p in parts:
+        assert e.min() >= 0 and e.max() < b - a and np.array_equal(p, pos[a:b])
+    window = SnapshotWindow((0,), n_in=1, window=None)
+    window.add_step(0, {0: np.arange(128, dtype=float).reshape(64, 2)})
+    batches = GraphBatches(window, {0: (pos, edges)}, batch=2, max_owned=1, device=torch.device("cpu"), seed=0,
+                           epoch_batches=None, patches=3)
+    got = list(batches.epoch(1))
+    assert len(got) == batches.n_batches(1) == 2  # ceil(1 rank * 1 step * 3 patches / 2)
+    x, e, p, y = got[0]
+    assert len(x) == len(p) == len(y) in (42, 43) and int(e.max()) < len(x)
 
 
 def test_window_takes_a_step_whose_snapshots_arrive_apart():
@@ -147,14 +185,20 @@ def test_monitor_reports_a_published_failure(files):
 
 def test_local_foms_cover_the_spec():
     sim = ComponentReport(component="sim", rank=0, wall_s=10.0, unaccounted_s=0.1,
-                          seconds={"compute": 9.0, "meta": 0.4, "data": 0.2, "checkpoint": 0.1, "inference": 0.1, "wait": 0.1},
+                          seconds={"compute": 8.0, "meta": 0.4, "data": 0.2, "checkpoint": 0.1, "inference": 0.1,
+                                   "checkpoint_load": 0.3, "graph_build": 0.6, "wait": 0.2},
                           transfer_bytes={"data": 2_000_000, "checkpoint": 30_000},
                           transfer_seconds={"data": 0.1, "checkpoint": 0.01}, steps=40)
-    train = ComponentReport(component="train", rank=0, wall_s=11.0, epochs=50, seconds={"compute": 10.0})
+    train = ComponentReport(component="train", rank=0, wall_s=11.0, epochs=50,
+                            seconds={"compute": 10.0, "process_group": 0.55, "checkpoint_serialize": 0.22})
     foms = local_foms(sim) | local_foms(train)
-    assert foms["sim_overhead_pct"] == pytest.approx(8.0)
+    assert foms["sim_overhead_pct"] == pytest.approx(7.0)  # traffic only: meta + data + checkpoint transfer
+    assert foms["sim_coupling_compute_pct"] == pytest.approx(10.0)  # graph build + checkpoint load + inference
+    assert foms["sim_graph_build_pct"] == pytest.approx(6.0)
+    assert foms["train_overhead_pct"] == 0.0 and foms["train_coupling_compute_pct"] == pytest.approx(7.0)
     assert foms["sim_unaccounted_pct"] == pytest.approx(1.0)
-    assert foms["sim_data_GBps"] == pytest.approx(0.02)
+    assert foms["sim_data_GBps_per_rank"] == pytest.approx(0.02)
+    assert "train_data_GBps_per_rank" not in foms and "final_loss" not in foms  # never measured: null, not 0
     assert foms["time_to_solution_s"] == 10.0 and foms["trainer_time_s"] == 11.0
     assert set(foms) <= set(MOTIF6_FOMS)
 
@@ -162,6 +206,16 @@ def test_local_foms_cover_the_spec():
 def test_workflow_config_round_trips_through_json():
     cfg = WorkflowConfig.model_validate({"trainer": {"model": {"kind": "gnn", "hidden_channels": 8}}})
     again = WorkflowConfig.model_validate_json(cfg.model_dump_json())
-    assert again == cfg and again.model_kind == "gnn" and again.trainer.batch_size() == 1
+    assert again == cfg and again.model_kind == "gnn" and again.cadence().mini_batch == 1
     with pytest.raises(ValueError):
         WorkflowConfig.model_validate({"simulation": {"tolerence": 0.1}})
+
+
+@pytest.mark.parametrize(("size", "model", "expected"), [
+    ("small", "mlp", (64, 64, 1)), ("medium", "mlp", (4096, 64, 1)), ("large", "mlp", (8192, 64, 1)),
+    ("small", "gnn", (1, 4, 1)), ("medium", "gnn", (1, 4, 16)), ("large", "gnn", (1, 4, 245)),
+])
+def test_trainer_cadence_scales_with_the_problem(size, model, expected):
+    cfg = WorkflowConfig.model_validate({"problem": {"size": size}, "trainer": {"model": {"kind": model}}})
+    c = cfg.cadence()
+    assert (c.mini_batch, c.epoch_batches, c.graph_patches) == expected and c.checkpoint_every == 10

@@ -127,7 +127,9 @@ def test_streamed_workflow_converges_over_mpi(shared_files, tmp_path, mode):
     counts = result.stream_counts()
     sync_steps = -(-result.outcome.steps // cfg.simulation.train_interval)
     assert counts["steps_written"] == result.detail()["sim_ranks"] * sync_steps
-    assert counts["steps_written"] - counts["steps_received"] == counts["discarded_steps"]
+    # Counted twice, independently: stream step ids vs the writers' published counts, and the
+    # simulation's send events vs the payloads the trainers read or drained.
+    assert counts["discarded_steps"] == result.discarded_from_events()
     if mode == "sync":
         assert counts["discarded_steps"] == 0
     assert client.clean(Keys(cfg.run_id).prefix) == 0

@@ -85,3 +85,27 @@ def test_subdomains_tile_one_global_grid_without_duplicates(decomposition):
     assert len(np.unique(points.round(9), axis=0)) == len(points) == len(expected)
     np.testing.assert_allclose(np.sort(points.view("f8,f8"), axis=0).view("f8").reshape(-1, 2),
                                np.sort(expected.view("f8,f8"), axis=0).view("f8").reshape(-1, 2), atol=1e-12)
+
+
+@pytest.mark.parametrize("size", ["debug", "small"])
+def test_well_posed_inputs_determine_the_next_step(size):
+    """With u alone the next u is not a function of the input; with (u, v) it is a fixed rotation."""
+    spec = SIZES[size]
+    coords = np.random.default_rng(2).uniform(-2 * np.pi, 2 * np.pi, (2000, spec.dim))
+    assert spec.input_fields("reference") == ("u",) and spec.input_fields("well_posed") == ("u", "v")
+    now, nxt = (wave_fields(spec, coords, t, ("u", "v")) for t in (3, 4))
+    # The same u (to 3 digits) is followed by different next values: no model can learn that map.
+    _, first, inverse = np.unique(now[:, 0].round(3), return_index=True, return_inverse=True)
+    spread = np.abs(nxt[:, 0] - nxt[first[inverse], 0]).max()
+    assert spread > 2 * np.abs(nxt[:, 0] - now[:, 0]).mean()  # deterministic: spread ~ rounding, 5e-4
+    w = 2 * np.pi / spec.period
+    rotation = np.array([[np.cos(w), np.sin(w)], [-np.sin(w), np.cos(w)]])
+    np.testing.assert_allclose(now @ rotation, nxt, atol=1e-12)
+
+
+def test_differences_from_the_reference_are_named():
+    assert any("static" in d for d in SIZES["debug"].differences("reference"))
+    assert any("'v'" in d for d in SIZES["small"].differences("well_posed"))
+    assert SIZES["small"].differences("reference") == [] == SIZES["medium"].differences("well_posed")
+    problem = WaveProblem(ProblemConfig(size="small"), MPI.COMM_SELF)
+    assert problem.n_in == 2 and problem.snapshot(0).shape == (1024, 4)

@@ -8,7 +8,15 @@ import pytest
 
 _OPTIONS: dict[str, tuple[Any, str]] = {
     "--simai-problem-size": ("small", "motif 6 problem size: debug, small, medium, large, very_large (default small)"),
-    "--simai-tolerance": (None, "inference MSE of a successful check (default: the reference's 0.01)"),
+    "--simai-criterion": (None, "stop criterion: skill (skill against persistence >= --simai-min-skill, default) or "
+                                "mse (MSE <= --simai-tolerance, the reference's rule)"),
+    "--simai-min-skill": (None, "skill of a successful check under the skill criterion (default 0.5)"),
+    "--simai-tolerance": (None, "inference MSE of a successful check under the mse criterion (default: the reference's 0.01)"),
+    "--simai-inputs": (None, "well_posed (u and v on every size, default) or reference (u alone on debug and small, "
+                             "which no model can advance one step)"),
+    "--simai-mini-batch": (None, "trainer mini-batch (default: MLP n_points/16 within [64, 8192], GNN 1 graph patch)"),
+    "--simai-epoch-batches": (None, "most mini-batches per epoch (default 64 MLP, 4 GNN)"),
+    "--simai-checkpoint-every": (None, "epochs between checkpoints (default 10)"),
     "--simai-max-steps": (None, "simulation step limit (default 1000)"),
     "--simai-step-time": (None, "seconds of emulated simulation work per step (default 0.5)"),
     "--simai-step-cost": (None, "emulated work: sleep or kernel (default sleep)"),

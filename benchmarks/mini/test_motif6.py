@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from simai_core.fom import RunInfo
 from simai_core.staging import registry
 from simai_core.workflow.config import StreamedDataConfig, WorkflowConfig
 from simai_core.workflow.driver import WorkflowResult, colocated_address, run_workflow
+from simai_core.workflow.problem import problem_spec
 from simai_core.workflow.report import MOTIF6_FOMS
 
 pytestmark = [pytest.mark.mini, pytest.mark.motif6]
@@ -46,12 +48,15 @@ def motif6_config(config: pytest.Config, deployment: str, model: str,
     def opt(name: str) -> Any:
         return config.getoption(name, default=None)
 
-    sim = {"tolerance": opt("--simai-tolerance"), "max_steps": opt("--simai-max-steps"),
+    sim = {"criterion": opt("--simai-criterion"), "min_skill": opt("--simai-min-skill"),
+           "tolerance": opt("--simai-tolerance"), "max_steps": opt("--simai-max-steps"),
            "step_time_s": opt("--simai-step-time"), "step_cost": opt("--simai-step-cost"),
            "train_interval": opt("--simai-train-interval")}
-    trainer = {"model": {"kind": model}, "window": opt("--simai-window")}
+    trainer = {"model": {"kind": model}, "window": opt("--simai-window"), "mini_batch": opt("--simai-mini-batch"),
+               "epoch_batches": opt("--simai-epoch-batches"), "checkpoint_every": opt("--simai-checkpoint-every")}
+    problem = {"size": opt("--simai-problem-size") or "small", "inputs": opt("--simai-inputs")}
     data: dict[str, Any] = {
-        "problem": {"size": opt("--simai-problem-size") or "small"},
+        "problem": {k: v for k, v in problem.items() if v is not None},
         "simulation": {k: v for k, v in sim.items() if v is not None},
         "trainer": {k: v for k, v in trainer.items() if v is not None},
         "deployment": deployment,
@@ -148,11 +153,16 @@ def record_workflow(benchmark: Any, config: pytest.Config, request: pytest.Fixtu
     result.raise_for_errors()
     outcome = result.outcome
     events = write_sidecar(config, request.node.nodeid, result, tmp_path)
-    params = {"problem_size": cfg.problem.size, "model": cfg.model_kind, "tolerance": cfg.simulation.tolerance,
-              "train_interval": cfg.simulation.train_interval, "step_time_s": cfg.simulation.step_time_s,
-              "step_cost": cfg.simulation.step_cost, "sim_fraction": cfg.sim_fraction,
-              "checkpoint_every": cfg.trainer.checkpoint_every, "window": cfg.trainer.window,
-              "mini_batch": cfg.trainer.batch_size(), **result.detail()}
+    spec = problem_spec(cfg.problem.size)
+    sim = cfg.simulation
+    params = {"problem_size": cfg.problem.size, "problem_inputs": cfg.problem.inputs,
+              "problem_fields": list(spec.input_fields(cfg.problem.inputs)),
+              "differs_from_reference": spec.differences(cfg.problem.inputs), "model": cfg.model_kind,
+              "criterion": sim.criterion, "min_skill": sim.min_skill if sim.criterion == "skill" else None,
+              "tolerance": sim.tolerance if sim.criterion == "mse" else None,
+              "train_interval": sim.train_interval, "step_time_s": sim.step_time_s,
+              "step_cost": sim.step_cost, "sim_fraction": cfg.sim_fraction, "window": cfg.trainer.window,
+              **asdict(cfg.cadence()), **result.detail()}
     extra: dict[str, Any] = {"outcome": outcome.model_dump(), "events": events}
     if cfg.streamed_data is not None:
         extra["stream"] = result.stream_counts()
@@ -163,6 +173,9 @@ def record_workflow(benchmark: Any, config: pytest.Config, request: pytest.Fixtu
         assert foms[name].ranks.max < MAX_UNACCOUNTED_PCT, f"{name} = {foms[name].ranks.max:.2f} % (accounting gap)"
     if not outcome.converged and not config.getoption("--simai-allow-unconverged", default=False):
         pytest.fail(f"the surrogate did not converge: stopped by {outcome.reason} after {outcome.steps} steps, "
-                    f"final MSE {outcome.final_mse} > tolerance {outcome.tolerance} (use --simai-allow-unconverged "
-                    "to record such runs without failing)")
+                    f"final skill {outcome.skill}, final MSE {outcome.final_mse} (criterion {outcome.criterion}; use "
+                    "--simai-allow-unconverged to record such runs without failing)")
+    if outcome.converged:  # whatever the criterion, a converged surrogate beats predicting no change
+        assert outcome.skill is not None and outcome.skill > 0, f"converged with skill {outcome.skill}"
+        assert foms["final_skill"].value > 0
     return foms

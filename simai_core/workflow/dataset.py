@@ -4,14 +4,20 @@ Only snapshots of new sync steps are fetched (the reference re-fetched the whole
 history on every update); an optional window keeps the newest N steps. Every trainer
 rank runs the same number of mini-batches per epoch (DDP all-reduces per batch, so a
 rank with fewer batches would hang the others): the count follows from the largest
-per-trainer share and the largest window of any trainer rank (passed to ``epoch``), and
+per-trainer share and the largest window of any trainer rank (passed to ``epoch``),
+capped at ``epoch_batches`` (a random draw from the window once it holds more), and
 ranks with less data wrap around their shuffled samples. A streamed step may miss some
 of the owned ranks' snapshots (discarded in async mode, or not arrived yet).
+
+GNN training items are graph patches: each rank's graph split into slabs of consecutive
+nodes (grid order) with the edges inside the slab, so one optimiser step on a large mesh
+costs what it costs on a small one.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -66,8 +72,10 @@ class SnapshotWindow:
 class PointBatches:
     """Mini-batches of points for the MLP: shuffled rows of all owned snapshots."""
 
-    def __init__(self, window: SnapshotWindow, batch: int, max_owned: int, device: torch.device, seed: int) -> None:
+    def __init__(self, window: SnapshotWindow, batch: int, max_owned: int, device: torch.device, seed: int,
+                 epoch_batches: int | None = None) -> None:
         self.window, self.batch, self.max_owned, self.device = window, batch, max_owned, device
+        self.epoch_batches = epoch_batches
         self.gen = torch.Generator().manual_seed(seed)
         self._version = -1
         self.x = self.y = torch.empty(0)
@@ -84,7 +92,7 @@ class PointBatches:
     def n_batches(self, steps: int) -> int:
         """Batches per epoch over ``steps`` steps: equal on every trainer rank given the same ``steps``."""
         per_snapshot = len(self.x) // max(1, len(self.window.arrays))
-        return math.ceil(self.max_owned * steps * per_snapshot / self.batch)
+        return _capped(math.ceil(self.max_owned * steps * per_snapshot / self.batch), self.epoch_batches)
 
     def epoch(self, steps: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Yield ``(x, edge_index, pos, y)`` per mini-batch (the graph tensors are empty)."""
@@ -100,17 +108,24 @@ class PointBatches:
 
 
 class GraphBatches:
-    """Mini-batches of whole graphs for the GNN, joined as disjoint unions."""
+    """Mini-batches of graph patches for the GNN, joined as disjoint unions."""
 
     def __init__(self, window: SnapshotWindow, graphs: dict[int, tuple[np.ndarray, np.ndarray]], batch: int,
-                 max_owned: int, device: torch.device, seed: int) -> None:
+                 max_owned: int, device: torch.device, seed: int, epoch_batches: int | None = None,
+                 patches: int = 1) -> None:
         self.window, self.batch, self.max_owned, self.device = window, batch, max_owned, device
+        self.epoch_batches, self.n_patches = epoch_batches, patches
         self.gen = torch.Generator().manual_seed(seed)
-        # torch.tensor copies: staged arrays may be read-only views of the transfer buffer.
-        self.edges = {r: torch.tensor(e, dtype=torch.long, device=device) for r, (_, e) in graphs.items()}
-        self.pos = {r: torch.tensor(p, dtype=torch.float32, device=device) for r, (p, _) in graphs.items()}
+        # (rank, patch) -> (first node, end node, edges relabelled into the patch, positions)
+        self.patches: dict[tuple[int, int], tuple[int, int, Tensor, Tensor]] = {}
+        for rank, (pos, edges) in graphs.items():
+            for i, patch in enumerate(split_graph(pos, edges, patches)):
+                a, b, e, p = patch
+                # torch.tensor copies: staged arrays may be read-only views of the transfer buffer.
+                self.patches[(rank, i)] = (a, b, torch.tensor(e, dtype=torch.long, device=device),
+                                           torch.tensor(p, dtype=torch.float32, device=device))
         self._version = -1
-        self._items: list[tuple[int, Tensor, Tensor]] = []
+        self._items: list[tuple[tuple[int, int], Tensor, Tensor]] = []
 
     def _refresh(self) -> None:
         if self._version == self.window.version:
@@ -119,15 +134,17 @@ class GraphBatches:
         self._items = []
         for rank, array in self.window.samples():
             table = torch.tensor(array, dtype=torch.float32, device=self.device)
-            self._items.append((rank, table[:, :n_in].contiguous(), table[:, n_in:].contiguous()))
+            for i in range(self.n_patches):
+                a, b, _, _ = self.patches[(rank, i)]
+                self._items.append(((rank, i), table[a:b, :n_in].contiguous(), table[a:b, n_in:].contiguous()))
         self._version = self.window.version
 
     def n_batches(self, steps: int) -> int:
         """Batches per epoch over ``steps`` steps: equal on every trainer rank given the same ``steps``."""
-        return math.ceil(self.max_owned * steps / self.batch)
+        return _capped(math.ceil(self.max_owned * steps * self.n_patches / self.batch), self.epoch_batches)
 
     def epoch(self, steps: int) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        """Yield ``(x, edge_index, pos, y)`` per mini-batch of ``batch`` graphs."""
+        """Yield ``(x, edge_index, pos, y)`` per mini-batch of ``batch`` graph patches."""
         self._refresh()
         count = self.n_batches(steps)
         order = torch.randperm(len(self._items), generator=self.gen)
@@ -136,11 +153,26 @@ class GraphBatches:
             chosen = [self._items[i] for i in order[b * self.batch : (b + 1) * self.batch].tolist()]
             yield self._join(chosen)
 
-    def _join(self, chosen: list[tuple[int, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _join(self, chosen: list[tuple[tuple[int, int], Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if len(chosen) == 1:
-            rank, x, y = chosen[0]
-            return x, self.edges[rank], self.pos[rank], y
+            key, x, y = chosen[0]
+            return x, self.patches[key][2], self.patches[key][3], y
         offsets = np.cumsum([0] + [len(x) for _, x, _ in chosen[:-1]])
-        edges = torch.cat([self.edges[r] + int(o) for (r, _, _), o in zip(chosen, offsets, strict=True)], dim=1)
-        return (torch.cat([x for _, x, _ in chosen]), edges, torch.cat([self.pos[r] for r, _, _ in chosen]),
+        edges = torch.cat([self.patches[k][2] + int(o) for (k, _, _), o in zip(chosen, offsets, strict=True)], dim=1)
+        return (torch.cat([x for _, x, _ in chosen]), edges, torch.cat([self.patches[k][3] for k, _, _ in chosen]),
                 torch.cat([y for _, _, y in chosen]))
+
+
+def split_graph(pos: np.ndarray, edges: np.ndarray, parts: int) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """``parts`` slabs of consecutive nodes: ``(first, end, edges inside relabelled from 0, positions)``."""
+    n = len(pos)
+    bounds = np.linspace(0, n, parts + 1).round().astype(int)
+    out = []
+    for a, b in itertools.pairwise(bounds):
+        inside = (edges[0] >= a) & (edges[0] < b) & (edges[1] >= a) & (edges[1] < b)
+        out.append((int(a), int(b), edges[:, inside] - a, pos[a:b]))
+    return out
+
+
+def _capped(count: int, cap: int | None) -> int:
+    return count if cap is None else min(count, cap)

@@ -88,6 +88,22 @@ class WorkflowResult(BaseModel):
                 out[key] = trainers[0].detail[key]
         return out
 
+    def discarded_from_events(self) -> int:
+        """Streamed data path: snapshots the simulation ranks sent that no trainer read, from the events alone.
+
+        Sent: the simulation's ``data`` events (rank, step); read: the payload step of every
+        snapshot a trainer read (``data`` events with ``what="stream_step"``) or drained after
+        the stop (``stream_late``). Independent of the stream's step ids and of the count the
+        writers publish, which :meth:`stream_counts` uses.
+        """
+        events = self.events()
+        sent = {(e["rank"], e["step"]) for e in events if e["component"] == "sim" and e["kind"] == "data"}
+        read = {(e["sim_rank"], e["step"]) for e in events if e["component"] == "train"
+                and (e.get("what") == "stream_step" or e["kind"] == "stream_late")}
+        if not read <= sent:
+            raise WorkflowError(f"trainers read snapshots no simulation rank sent: {sorted(read - sent)[:5]}")
+        return len(sent - read)
+
     def stream_counts(self) -> dict[str, int]:
         """Streamed data path: steps written, received, late and discarded, summed over every stream."""
         trainers = [r for r in self.reports if r.component == "train"]

@@ -13,7 +13,15 @@ A snapshot holds the fields at ``t`` (model inputs) followed by the same fields 
 (weak scaling). Unlike the reference (inclusive ``linspace``, so shared faces are
 duplicated on both ranks) the points are cell centres: the ranks' points tile one
 uniform global grid without duplicates. ``debug`` is a 1-D instance of the same wave
-(the reference used an unrelated static 1-D function for it).
+(the reference used an unrelated static 1-D function for it, which has no time step to
+learn and no "no change" baseline): :data:`DEBUG_DIFFERENCE` says so in the JSON.
+
+Well-posed inputs. With ``u`` alone at one point (the reference's ``debug`` and
+``small``) the next value is not determined: the same ``u`` occurs on the rising and
+the falling side of the wave. With its quadrature partner ``v`` the step is a rotation,
+``u' = u cos w - v sin w`` and ``v' = u sin w + v cos w`` (``w = omega``), which any
+model can learn point by point. ``inputs="well_posed"`` (the default) adds ``v`` to
+the sizes that lack it; ``inputs="reference"`` keeps the reference's fields.
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simai_core.workflow.config import ProblemConfig, ProblemSize
+from simai_core.workflow.config import ProblemConfig, ProblemInputs, ProblemSize
+
+DEBUG_DIFFERENCE = ("debug is a 1-D travelling wave (512 points per rank, period 60), not the reference's static "
+                    "random-point function y = sin(x) + 0.1 sin(4 pi x)")
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -47,8 +58,22 @@ class ProblemSpec(BaseModel):
 
     @property
     def n_fields(self) -> int:
-        """Fields per point (model inputs = model outputs)."""
+        """Fields per point of the reference (model inputs = model outputs)."""
         return len(self.fields)
+
+    def input_fields(self, inputs: ProblemInputs) -> tuple[str, ...]:
+        """The fields sent and learnt: the reference's, plus ``v`` after ``u`` when ``well_posed`` needs it."""
+        if inputs == "reference" or "v" in self.fields:
+            return self.fields
+        return ("u", "v", *self.fields[1:])
+
+    def differences(self, inputs: ProblemInputs) -> list[str]:
+        """How this problem differs from the reference's problem of the same name (for the JSON)."""
+        out = [DEBUG_DIFFERENCE] if self.name == "debug" else []
+        if self.input_fields(inputs) != self.fields:
+            out.append(f"fields {list(self.input_fields(inputs))} instead of the reference's {list(self.fields)}: "
+                       "u alone does not determine u one step later")
+        return out
 
 
 SIZES: dict[str, ProblemSpec] = {
@@ -104,13 +129,13 @@ def grid_coordinates(spec: ProblemSpec, sub: Subdomain) -> np.ndarray:
     return 4.0 * np.pi * unit - 2.0 * np.pi
 
 
-def wave_fields(spec: ProblemSpec, coords: np.ndarray, step: float) -> np.ndarray:
-    """Fields ``(n_points, n_fields)`` float64 at time ``step``."""
+def wave_fields(spec: ProblemSpec, coords: np.ndarray, step: float, fields: tuple[str, ...] | None = None) -> np.ndarray:
+    """Fields ``(n_points, len(fields))`` float64 at time ``step`` (default: the reference's fields)."""
     r = np.sqrt(np.sum(coords * coords, axis=1))
     phase = 2.0 * r - (2.0 * np.pi / spec.period) * step
     amp = 1.0 / (r + 1.0)
     table = {"u": np.sin(phase) * amp, "v": np.cos(phase) * amp, "w": np.sin(phase) ** 2 * amp}
-    return np.stack([table[f] for f in spec.fields], axis=1)
+    return np.stack([table[f] for f in (fields or spec.fields)], axis=1)
 
 
 class WaveProblem:
@@ -118,6 +143,7 @@ class WaveProblem:
 
     def __init__(self, config: ProblemConfig, comm: MPI.Comm) -> None:
         self.spec = problem_spec(config.size)
+        self.fields = self.spec.input_fields(config.inputs)
         self.dtype = np.dtype(config.dtype)
         self.subdomain = partition_domain(self.spec.dim, comm)
         self.coords = grid_coordinates(self.spec, self.subdomain)
@@ -125,13 +151,13 @@ class WaveProblem:
     @property
     def n_in(self) -> int:
         """Model inputs per point."""
-        return self.spec.n_fields
+        return len(self.fields)
 
     def snapshot(self, step: int, out: np.ndarray | None = None) -> np.ndarray:
         """``(n_points, 2 * n_fields)``: fields at ``step`` then at ``step + 1`` (in ``out`` when given)."""
+        k = self.n_in
         if out is None:
-            out = np.empty((self.spec.n_points, 2 * self.spec.n_fields), dtype=self.dtype)
-        k = self.spec.n_fields
-        out[:, :k] = wave_fields(self.spec, self.coords, step)
-        out[:, k:] = wave_fields(self.spec, self.coords, step + 1)
+            out = np.empty((self.spec.n_points, 2 * k), dtype=self.dtype)
+        out[:, :k] = wave_fields(self.spec, self.coords, step, self.fields)
+        out[:, k:] = wave_fields(self.spec, self.coords, step + 1, self.fields)
         return out

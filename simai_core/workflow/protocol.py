@@ -32,7 +32,9 @@ from simai_core.errors import SimaiError
 from simai_core.staging.base import StagingClient
 from simai_core.workflow.timers import Accounting
 
-STOP_CODES = {0: "running", 1: "tolerance", 2: "max_steps", 3: "error"}
+STOP_CODES = {0: "running", 1: "tolerance", 2: "max_steps", 3: "error", 4: "skill"}
+#: Stop reasons that mean the surrogate met the configured criterion.
+CONVERGED = ("skill", "tolerance")
 STOP_REASONS = {v: k for k, v in STOP_CODES.items()}
 
 

@@ -8,17 +8,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from simai_core.fom import FomSpec
-from simai_core.workflow.timers import COUPLING, Accounting
+from simai_core.workflow.timers import COUPLING_COMPUTE, TRAFFIC, Accounting
 
 
 class Outcome(BaseModel):
     """How the workflow ended (the ``simai.outcome`` block)."""
 
     model_config = ConfigDict(extra="forbid")
-    converged: bool = Field(description="The surrogate met the tolerance for the required consecutive checks")
-    reason: str = Field(description="tolerance | max_steps | error")
+    converged: bool = Field(description="The surrogate met the criterion for the required consecutive checks")
+    reason: str = Field(description="skill | tolerance (criterion met) | max_steps | error")
+    criterion: str = Field("skill", description="skill: skill >= min_skill per check; mse: MSE <= tolerance (reference)")
     final_mse: float | None = Field(description="Last inference MSE over all simulation points (None: no model yet)")
-    tolerance: float = Field(description="The MSE threshold of a successful check")
+    tolerance: float = Field(description="The MSE threshold of a successful check (criterion mse)")
+    min_skill: float | None = Field(None, description="The skill threshold of a successful check (criterion skill)")
     persistence_mse: float | None = Field(
         None, description="MSE of predicting no change (fields at t+1 = fields at t) on the same points: the bar a "
                           "surrogate must clear to have learnt anything")
@@ -68,17 +70,29 @@ class ComponentReport(BaseModel):
 
 _PCT = FomSpec(unit="%", better="lower", combine="mean")
 _WORST_PCT = FomSpec(unit="%", better="lower", combine="max")
-_GBPS = FomSpec(unit="GB/s", better="higher", combine="mean")
+_GBPS_PER_RANK = FomSpec(unit="GB/s", better="higher", combine="mean")
+
+#: Coupling-compute categories each component can spend time in.
+COMPUTE_PARTS = {"sim": ("graph_build", "checkpoint_load", "inference"),
+                 "train": ("process_group", "checkpoint_serialize")}
+
+
+def _component_foms(p: str) -> dict[str, FomSpec]:
+    parts = ("overhead", *TRAFFIC, "coupling_compute", *COMPUTE_PARTS[p], "compute", "wait")
+    return {**{f"{p}_{part}_pct": _PCT for part in parts}, f"{p}_unaccounted_pct": _WORST_PCT}
+
 
 #: The motif-6 FOMs: how each is reported and combined over the ranks that report it.
+#: ``*_overhead_pct`` is staging traffic only (meta + data + checkpoint transfer);
+#: ``*_coupling_compute_pct`` the coupling's own compute (graph build, process group,
+#: checkpoint serialise/load, inference). Throughputs are per rank (bytes over seconds of
+#: that rank's transfers), averaged over the ranks that made transfers: not an aggregate.
 MOTIF6_FOMS: dict[str, FomSpec] = {
     "time_to_solution_s": FomSpec(unit="s", better="lower", combine="max"),
     "trainer_time_s": FomSpec(unit="s", better="lower", combine="max"),
-    "sim_overhead_pct": _PCT, "sim_meta_pct": _PCT, "sim_data_pct": _PCT, "sim_checkpoint_pct": _PCT,
-    "sim_inference_pct": _PCT, "sim_compute_pct": _PCT, "sim_wait_pct": _PCT, "sim_unaccounted_pct": _WORST_PCT,
-    "train_overhead_pct": _PCT, "train_meta_pct": _PCT, "train_data_pct": _PCT, "train_checkpoint_pct": _PCT,
-    "train_compute_pct": _PCT, "train_wait_pct": _PCT, "train_unaccounted_pct": _WORST_PCT,
-    "train_data_GBps": _GBPS, "sim_data_GBps": _GBPS, "checkpoint_GBps": _GBPS,
+    **_component_foms("sim"), **_component_foms("train"),
+    "sim_data_GBps_per_rank": _GBPS_PER_RANK, "train_data_GBps_per_rank": _GBPS_PER_RANK,
+    "sim_checkpoint_GBps_per_rank": _GBPS_PER_RANK, "train_checkpoint_GBps_per_rank": _GBPS_PER_RANK,
     "epochs": FomSpec(unit="count", better="higher", combine="max"),
     "steps": FomSpec(unit="count", better="lower", combine="max"),
     "final_mse": FomSpec(unit="mse", better="lower", combine="mean"),
@@ -89,24 +103,28 @@ MOTIF6_FOMS: dict[str, FomSpec] = {
 
 
 def local_foms(report: ComponentReport) -> dict[str, float]:
-    """This component rank's values of the motif-6 FOMs (names are unique per component)."""
+    """This component rank's values of the motif-6 FOMs (names are unique per component).
+
+    A figure this rank never measured (no loss yet, no model to check, no transfer) is left
+    out, so it is null in the JSON rather than 0.
+    """
     p = "sim" if report.component == "sim" else "train"
+    compute_parts = COMPUTE_PARTS[p]
     out: dict[str, float] = {
-        f"{p}_overhead_pct": sum(report.pct(c) for c in COUPLING),
-        **{f"{p}_{c}_pct": report.pct(c) for c in ("meta", "data", "checkpoint", "compute", "wait")},
+        f"{p}_overhead_pct": sum(report.pct(c) for c in TRAFFIC),
+        f"{p}_coupling_compute_pct": sum(report.pct(c) for c in COUPLING_COMPUTE),
+        **{f"{p}_{c}_pct": report.pct(c) for c in (*TRAFFIC, *compute_parts, "compute", "wait")},
         f"{p}_unaccounted_pct": 100.0 * report.unaccounted_s / report.wall_s if report.wall_s > 0 else 0.0,
     }
+    _put(out, f"{p}_data_GBps_per_rank", report.GBps("data"))
+    _put(out, f"{p}_checkpoint_GBps_per_rank", report.GBps("checkpoint"))
     if p == "sim":
-        out |= {"time_to_solution_s": report.wall_s, "sim_inference_pct": report.pct("inference"),
-                "steps": float(report.steps)}
-        _put(out, "sim_data_GBps", report.GBps("data"))
-        _put(out, "checkpoint_GBps", report.GBps("checkpoint"))
+        out |= {"time_to_solution_s": report.wall_s, "steps": float(report.steps)}
         if report.outcome is not None:
             _put(out, "final_mse", report.outcome.final_mse)
             _put(out, "final_skill", report.outcome.skill)
     else:
         out |= {"trainer_time_s": report.wall_s, "epochs": float(report.epochs)}
-        _put(out, "train_data_GBps", report.GBps("data"))
         _put(out, "final_loss", report.detail.get("final_loss"))
         _put(out, "discarded_steps", report.detail.get("stream_discarded_steps"))
     return out

@@ -6,8 +6,9 @@ trainer's status, all ranks agree on it; if every scope has a checkpoint, each r
 loads a newer one when there is one (the reference re-downloaded it at every check),
 predicts step t+1 from step t and the MSE over all points is all-reduced; then every
 rank sends its snapshot, and after a barrier the heads announce the step. The loop
-stops once the MSE stayed under ``tolerance`` for ``success_checks`` consecutive checks
-(reason ``tolerance``) or at ``max_steps`` (reason ``max_steps``).
+stops once ``success_checks`` consecutive checks succeeded (reason ``skill``: skill
+against persistence at least ``min_skill``, the default; reason ``tolerance``: MSE at
+most ``tolerance``, the reference's rule) or at ``max_steps`` (reason ``max_steps``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from simai_core.workflow.collective import agree
 from simai_core.workflow.config import SimulationConfig, WorkflowConfig
 from simai_core.workflow.layout import Role
 from simai_core.workflow.problem import WaveProblem
-from simai_core.workflow.protocol import STOP_REASONS, Heartbeat, Keys, PeerMonitor, WorkflowError
+from simai_core.workflow.protocol import CONVERGED, STOP_REASONS, Heartbeat, Keys, PeerMonitor, WorkflowError
 from simai_core.workflow.report import ComponentReport, Outcome
 from simai_core.workflow.snapshots import make_sender
 from simai_core.workflow.timers import Accounting
@@ -92,10 +93,10 @@ class Simulation:
             raise
         finally:
             self.acc.stop()
-        skill = (1 - self.mse / self.persistence_mse) if self.mse is not None and self.persistence_mse else None
-        outcome = Outcome(converged=reason == "tolerance", reason=reason, final_mse=self.mse,
-                          tolerance=self.sim.tolerance, persistence_mse=self.persistence_mse, skill=skill,
-                          steps=steps, checks_passed=self.successes)
+        outcome = Outcome(converged=reason in CONVERGED, reason=reason, criterion=self.sim.criterion,
+                          final_mse=self.mse, tolerance=self.sim.tolerance, min_skill=self.sim.min_skill,
+                          persistence_mse=self.persistence_mse, skill=self.skill, steps=steps,
+                          checks_passed=self.successes)
         return ComponentReport.from_accounting(self.acc, world_rank=self.role.world_rank, scope=self.role.scope,
                                                steps=steps, outcome=outcome, detail=self.detail)
 
@@ -109,7 +110,7 @@ class Simulation:
             self.role.comm.Barrier()
         if self.role.is_head:
             spec = self.problem.spec
-            size = np.array([spec.n_points, spec.n_fields, spec.n_fields, spec.dim, self.role.sim_size,
+            size = np.array([spec.n_points, self.problem.n_in, self.problem.n_in, spec.dim, self.role.sim_size,
                              self.sim.train_interval], dtype=np.int64)
             with self.acc.section("meta", nbytes=size.nbytes, key="meta/size"):
                 self.client.put_tensor(self.keys.size, size)
@@ -124,7 +125,7 @@ class Simulation:
 
         from simai_core.workflow.graph import knn_graph
 
-        with self.acc.section("meta", key="graph/build"):
+        with self.acc.section("graph_build"):
             edges, builder = knn_graph(self.problem.coords, self.cfg.graph.k, self.cfg.graph.builder)
         self.detail["graph_builder"] = builder
         self.detail["graph_edges"] = int(edges.shape[1])
@@ -142,7 +143,7 @@ class Simulation:
             if step % interval == 0:
                 self._sync(step)
                 if self.successes >= self.sim.success_checks:
-                    return step + 1, "tolerance"
+                    return step + 1, "skill" if self.sim.criterion == "skill" else "tolerance"
             elif self.role.is_head and self.heartbeat.due():
                 with self.acc.section("meta"):
                     self.heartbeat.write([self.last_step, 0])
@@ -152,8 +153,8 @@ class Simulation:
         versions = self._check_trainer()
         if versions and min(versions.values()) > 0:
             self._infer(versions[self.role.scope], step)
-        with self.acc.section("data", nbytes=self.buf.nbytes, step=step):
-            self.sender.send(step, self.buf)
+        with self.acc.section("data", nbytes=self.buf.nbytes, step=step) as ev:
+            ev["waited_s"] = self.sender.send(step, self.buf)  # a sync stream's wait for queue room
         with self.acc.section("wait"):
             self.role.comm.Barrier()
         self.last_step = step
@@ -183,7 +184,7 @@ class Simulation:
                 ev["nbytes"] = len(blob) if blob is not None else None
             if blob is None:
                 raise WorkflowError(f"the trainer announced checkpoint {version} but {self.keys.model!r} is missing")
-            with self.acc.section("checkpoint", version=version, what="load"):
+            with self.acc.section("checkpoint_load", version=version):
                 self.model = checkpoint.from_bytes(blob)
             self.loaded_version = version
         n_in = self.problem.n_in
@@ -202,7 +203,20 @@ class Simulation:
             total = self.role.comm.allreduce(local)
             self.mse = ev["mse"] = float(total[0] / total[1])
             self.persistence_mse = ev["persistence_mse"] = float(total[2] / total[1])
-        self.successes = self.successes + 1 if self.mse <= self.sim.tolerance else 0
+        self.successes = self.successes + 1 if self._check_passes() else 0
+
+    @property
+    def skill(self) -> float | None:
+        """1 - MSE / persistence MSE of the last check (None before the first, or if persistence is exact)."""
+        if self.mse is None or not self.persistence_mse:
+            return None
+        return 1.0 - self.mse / self.persistence_mse
+
+    def _check_passes(self) -> bool:
+        if self.sim.criterion == "mse":
+            return self.mse is not None and self.mse <= self.sim.tolerance
+        skill = self.skill
+        return skill is not None and skill >= self.sim.min_skill
 
 
 def run_simulation(cfg: WorkflowConfig, role: Role, client: StagingClient, start_epoch_s: float) -> ComponentReport:

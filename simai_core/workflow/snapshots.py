@@ -15,6 +15,7 @@ the rest of both components does not know which path the data take.
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -46,8 +47,8 @@ class SnapshotSender(ABC):
         """Get ready to send (may wait for the receiver)."""
 
     @abstractmethod
-    def send(self, step: int, snapshot: np.ndarray) -> None:
-        """Send the snapshot of sync step ``step``."""
+    def send(self, step: int, snapshot: np.ndarray) -> float:
+        """Send the snapshot of sync step ``step``; returns the seconds of it spent waiting for the receiver."""
 
     def close(self) -> None:  # noqa: B027  (an optional hook: most paths need none)
         """Finish sending (may wait until the receiver has everything); calling it twice is harmless."""
@@ -63,18 +64,27 @@ class StagedSender(SnapshotSender):
     def __init__(self, client: StagingClient, keys: Keys, rank: int) -> None:
         self.client, self.keys, self.rank = client, keys, rank
 
-    def send(self, step: int, snapshot: np.ndarray) -> None:
+    def send(self, step: int, snapshot: np.ndarray) -> float:
         self.client.put_tensor(self.keys.data(self.rank, step), snapshot)
+        return 0.0
 
 
 class StreamedSender(SnapshotSender):
-    """Writes every snapshot as one step of this rank's SST stream."""
+    """Writes every snapshot as one step of this rank's SST stream.
+
+    A sync writer's ``end_step`` both hands the step over and, when the queue is full, waits
+    for the reader to release one; the library does both in one call. The part of each
+    ``end_step`` beyond this writer's fastest one so far counts as waiting (the fastest one
+    found room in the queue: the first step always does).
+    """
 
     def __init__(self, cfg: WorkflowConfig, data: StreamedDataConfig, client: StagingClient, keys: Keys, rank: int) -> None:
         from simai_core.streaming import make_writer
 
         self.client, self.keys, self.rank = client, keys, rank
         self.writer = make_writer(data.stream_path(cfg.run_id, rank), _stream_config(data, cfg))
+        self.blocks = data.mode == "sync"
+        self._fastest_end_s = math.inf
         self._open = False
 
     def open(self) -> None:
@@ -84,8 +94,17 @@ class StreamedSender(SnapshotSender):
     def describe(self) -> dict[str, Any]:
         return {"kind": "adios2-sst", **self.writer.detail()}
 
-    def send(self, step: int, snapshot: np.ndarray) -> None:
-        self.writer.write_step({"snapshot": snapshot, "step": np.array([step], dtype=np.int64)})
+    def send(self, step: int, snapshot: np.ndarray) -> float:
+        self.writer.begin_step()
+        self.writer.put("snapshot", snapshot)
+        self.writer.put("step", np.array([step], dtype=np.int64))
+        t0 = time.perf_counter()
+        self.writer.end_step()
+        end_s = time.perf_counter() - t0
+        if not self.blocks:  # an async writer never waits: a full queue discards the step instead
+            return 0.0
+        self._fastest_end_s = min(self._fastest_end_s, end_s)
+        return end_s - self._fastest_end_s
 
     def close(self) -> None:
         if not self._open:
@@ -179,7 +198,7 @@ class StreamedSource(SnapshotSource):
                     snapshot = reader.get("snapshot", out=self._buffer())
                     step = int(reader.get("step")[0])
                     reader.end_step()
-                    ev["nbytes"], ev["step"] = snapshot.nbytes, step
+                    ev["nbytes"], ev["step"], ev["sim_rank"] = snapshot.nbytes, step, rank
                 received.setdefault(step, {})[rank] = snapshot
         return received
 
@@ -191,11 +210,13 @@ class StreamedSource(SnapshotSource):
         """Drain every stream to its end, then count what never arrived against what the writer says it wrote."""
         deadline = time.monotonic() + timeout_s
         late = 0  # steps drained after the stop, never trained on
-        for reader in self.readers.values():
+        for rank, reader in self.readers.items():
             with self.acc.section("wait", what="stream_drain"):
                 # Each wait gets what is left of the one deadline.
                 while reader.next_step(max(0.0, deadline - time.monotonic())) is not None:
+                    step = int(reader.get("step")[0])  # 8 bytes: the event names what was drained
                     reader.end_step()
+                    self.acc.event("stream_late", time.perf_counter(), 0.0, step=step, sim_rank=rank)
                     late += 1
         written = {rank: self._steps_written(rank) for rank in self.owned}
         # An async writer does not wait for its reader: steps before the reader joined are discarded too.

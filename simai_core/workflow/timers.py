@@ -1,12 +1,21 @@
 """Complete time accounting of one workflow component on one rank.
 
 Every piece of a component's wall time is spent inside exactly one
-:meth:`Accounting.section`: ``compute`` (emulated simulation work or training),
-``wait`` (barriers, collectives, idle polling), or a coupling category (``meta``,
-``data``, ``checkpoint``, ``inference``). Sections do not nest, so the categories add
-up to at most the wall time and ``wall - sum`` is the unaccounted remainder (loop
-bookkeeping). Sections can also record per-event samples for the
-:mod:`simai_core.events` sidecar.
+:meth:`Accounting.section`, in one of three groups:
+
+* own work: ``compute`` (emulated simulation work or training) and ``wait`` (barriers,
+  collectives, idle polling, a writer blocked on a full stream queue);
+* staging traffic (:data:`TRAFFIC`): ``meta``, ``data``, ``checkpoint`` (its transfer
+  only): the calls that move bytes through the staging library, the part a faster
+  library would shorten;
+* coupling compute (:data:`COUPLING_COMPUTE`): work the coupling needs that moves no
+  bytes: ``graph_build`` (kNN graph), ``process_group`` (torch.distributed set-up),
+  ``checkpoint_serialize`` / ``checkpoint_load`` (TorchScript save and load) and
+  ``inference``.
+
+Sections do not nest, so the categories add up to at most the wall time and
+``wall - sum`` is the unaccounted remainder (loop bookkeeping). Sections can also
+record per-event samples for the :mod:`simai_core.events` sidecar.
 """
 
 from __future__ import annotations
@@ -17,8 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-CATEGORIES = ("compute", "wait", "meta", "data", "checkpoint", "inference")
-COUPLING = ("meta", "data", "checkpoint", "inference")
+TRAFFIC = ("meta", "data", "checkpoint")
+COUPLING_COMPUTE = ("graph_build", "process_group", "checkpoint_serialize", "checkpoint_load", "inference")
+CATEGORIES = ("compute", "wait", *TRAFFIC, *COUPLING_COMPUTE)
 
 
 class Accounting:
@@ -72,6 +82,8 @@ class Accounting:
 
         ``nbytes`` marks the block as a transfer of that many bytes (throughput FOMs); a block
         that learns its size inside can set ``info["nbytes"]`` on the yielded dict instead.
+        A block that knows part of its time was spent waiting for the peer (a writer blocked
+        on a full queue) sets ``info["waited_s"]``: that part goes to ``wait``, not ``category``.
         The yielded dict is merged into the event, so a block can add results (a loss, a step).
         ``record=False`` counts the time without an event (bookkeeping not worth a sample).
         """
@@ -88,11 +100,13 @@ class Accounting:
             dt = time.perf_counter() - t0
             self._open = None
             nbytes = info.pop("nbytes", nbytes)
-            self.seconds[category] += dt
+            waited = min(max(float(info.get("waited_s", 0.0)), 0.0), dt)
+            self.seconds[category] += dt - waited
+            self.seconds["wait"] += waited
             self.counts[category] += 1
             if nbytes is not None:
                 self.transfer_bytes[category] += nbytes
-                self.transfer_seconds[category] += dt
+                self.transfer_seconds[category] += dt - waited
             if record and self.record_events:
                 self._record(event or category, t0, dt, nbytes, info)
 

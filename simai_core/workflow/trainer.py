@@ -58,7 +58,7 @@ class Trainer:
         torch.set_num_threads(self.cfg.trainer.threads)
         self.acc.start()
         try:
-            with self.acc.section("meta"):
+            with self.acc.section("process_group"):
                 distributed.init_process_group(self.role.comm, self.backend, self.cfg.peer_timeout_s)
             self._beat(force=True)
             self._setup()
@@ -117,9 +117,11 @@ class Trainer:
             self.opt = torch.optim.Adam(model.parameters(), lr=self.cfg.trainer.learning_rate * scale)
             self.window = SnapshotWindow(self.role.owned, n_in, self.cfg.trainer.window)
             seed = self.cfg.trainer.seed + 1 + self.role.rank
-            batch = self.cfg.trainer.batch_size()
-            self.batches = (GraphBatches(self.window, graphs, batch, self.role.max_owned, self.device, seed)
-                            if graphs else PointBatches(self.window, batch, self.role.max_owned, self.device, seed))
+            c = self.cadence = self.cfg.trainer.cadence(n_points)
+            self.batches = (GraphBatches(self.window, graphs, c.mini_batch, self.role.max_owned, self.device, seed,
+                                         c.epoch_batches, c.graph_patches)
+                            if graphs else PointBatches(self.window, c.mini_batch, self.role.max_owned, self.device, seed,
+                                                        c.epoch_batches))
 
     def _read_graphs(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         graphs = {}
@@ -155,7 +157,7 @@ class Trainer:
         """Add the new snapshots to the window; whether there were any."""
         assert self.source is not None
         received = self.source.receive(announced)
-        with self.acc.section("data", record=False):
+        with self.acc.section("compute", record=False):  # in-memory bookkeeping, no bytes move
             for step in sorted(received):
                 self.window.add_step(step, received[step])
         return bool(received)
@@ -167,7 +169,7 @@ class Trainer:
         return min(sizes), max(sizes)
 
     def _loop(self) -> None:
-        every = self.cfg.trainer.checkpoint_every
+        every = self.cadence.checkpoint_every
         while True:
             announced, stop = self._control()
             if stop:
@@ -205,8 +207,10 @@ class Trainer:
                 compute_s += time.perf_counter() - c0
             if not done:
                 self._beat()
-        self.last_loss = sums[0] / max(sums[1], 1.0)
-        self.acc.event("epoch", t0, compute_s, epoch=self.epoch, loss=self.last_loss, batches=int(sums[1]),
+        loss = sums[0] / sums[1] if sums[1] else None  # no batch, no loss: null, never 0
+        if loss is not None:
+            self.last_loss = loss
+        self.acc.event("epoch", t0, compute_s, epoch=self.epoch, loss=loss, batches=int(sums[1]),
                        steps_in_window=len(self.window))
         self.epoch += 1
 
@@ -227,7 +231,7 @@ class Trainer:
         self.version += 1
         if not self.role.is_head:
             return
-        with self.acc.section("checkpoint", version=self.version, what="serialize"):
+        with self.acc.section("checkpoint_serialize", version=self.version):
             blob = checkpoint.to_bytes(self.scripted)
         with self.acc.section("checkpoint", nbytes=len(blob), version=self.version, what="put"):
             self.client.put_bytes(self.keys.model, blob)
