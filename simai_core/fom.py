@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = 1
 
 Better = Literal["higher", "lower"]
-Combine = Literal["mean", "sum", "max", "min"]
+Combine = Literal["mean", "sum", "max", "min", "window"]  # window: measured over the ranks' common window
 
 _COMBINERS: dict[str, Callable[[list[float]], float]] = {
     "mean": lambda v: sum(v) / len(v),
@@ -101,8 +101,11 @@ def ratio_fom(numerator: Fom, denominator: Fom, per_rank: Iterable[float] = ()) 
     """
     value = numerator.value / denominator.value if denominator.value else float("nan")
     spread = list(per_rank) or [value]
+    paired = None  # round by round, where both FOMs were sampled in the same rounds
+    if numerator.samples and denominator.samples and len(numerator.samples) == len(denominator.samples):
+        paired = [n / d for n, d in zip(numerator.samples, denominator.samples, strict=True) if d]
     return Fom(value=value, unit="ratio", better=numerator.better,
-               ranks=RankSpread(min=min(spread), mean=sum(spread) / len(spread), max=max(spread)))
+               ranks=RankSpread(min=min(spread), mean=sum(spread) / len(spread), max=max(spread)), samples=paired)
 
 
 def extra_info(run: RunInfo, foms: Mapping[str, Fom]) -> dict[str, Any]:

@@ -37,7 +37,9 @@ def test_only_rank_zero_writes_the_json(tmp_path):
     simai, fom = bench["extra_info"]["simai"], bench["extra_info"]["fom"]
     assert simai["world_size"] == 2 and simai["backend"] == "nodelocal" and simai["level"] == "micro"
     assert fom["latency_s"]["unit"] == "s" and fom["latency_s"]["better"] == "lower"
-    assert fom["ops_per_s"]["value"] == pytest.approx(fom["ops_per_s"]["ranks"]["mean"] * 2)  # summed over ranks
+    ops = fom["ops_per_s"]  # measured over each round's common window: one sample per round, value their median
+    assert len(ops["samples"]) == 3 and ops["value"] == pytest.approx(sorted(ops["samples"])[1])
+    assert len(fom["latency_s"]["samples"]) == 3 * 2  # rounds x ranks
     assert fom["latency_s"]["ranks"]["min"] <= fom["latency_s"]["value"] <= fom["latency_s"]["ranks"]["max"]
 
 
@@ -64,6 +66,12 @@ def in_use(path: Path) -> bool:
         except OSError:  # the process ended, or is not ours to read
             continue
     return False
+
+
+def test_measured_aggregates_see_a_late_rank():
+    proc = run([MPIEXEC, "-n", "2", sys.executable, "-m", "pytest", "tests/mpi_cases/case_window_aggregate.py", "-q"],
+               timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_a_failing_rank_aborts_the_job():

@@ -2,8 +2,8 @@
 
 Models are the motif-6 surrogates at their reference sizes (MLP 6.7k parameters, GNN
 about 21k) in two formats: TorchScript (what the simulation loads for inference) and a
-state_dict. FOMs: ``push_*`` from rank 0, ``pull_*`` over all ranks, ``*_vs_raw`` against
-the backend's raw path, and ``load_s``: deserialising the pulled bytes.
+state_dict. FOMs: ``push_*`` from rank 0, ``pull_*`` over all ranks (aggregates measured over the
+round's common window), ``*_vs_raw`` against the backend's raw path, and ``load_s``: deserialising the pulled bytes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 import pytest
 
 from simai_core import mpi
-from simai_core.bench.measure import InterleavedReference, median, sync_ranks
-from simai_core.bench.record import AGGREGATE_GBPS, LATENCY, record
+from simai_core.bench.measure import PairedRounds, median, sync_ranks
+from simai_core.bench.record import paired_throughput, record
 from simai_core.fom import FomSpec
 from simai_core.staging import registry
 
@@ -66,8 +66,9 @@ def test_checkpoint(benchmark, backend, staging, staging_pool, simai_run, op, mo
         raw_op = (lambda: raw.put(f"raw.{key}", memoryview(blob))) if op == "push" \
             else (lambda: raw.get(f"raw.{key}", memoryview(out)))
         target = (lambda: staging.put_bytes(key, blob)) if op == "push" else (lambda: staging.get_bytes(key))
-        reference = InterleavedReference(raw_op if mine else _idle)
-        benchmark.pedantic(target if mine else _idle, setup=reference, rounds=rounds, warmup_rounds=1)
+        timing = PairedRounds(target if mine else _idle, {"raw": raw_op if mine else _idle})
+        benchmark.pedantic(timing.target, setup=timing.setup, rounds=rounds, warmup_rounds=1)
+        timing.finish()
     finally:
         raw.close()
 
@@ -75,16 +76,12 @@ def test_checkpoint(benchmark, backend, staging, staging_pool, simai_run, op, mo
     assert pulled == blob, "checkpoint bytes changed in transit"
     load_s = median([_timed(lambda: deserialize(pulled, fmt)) for _ in range(5)])
 
-    local: dict[str, float] = {"load_s": load_s}
-    if mine:
-        seconds = benchmark.stats.stats.median
-        local |= {f"{op}_latency_s": seconds, f"{op}_GBps": len(blob) / seconds / 1e9,
-                  f"raw_{op}_GBps": len(blob) / median(reference.samples) / 1e9}
-    specs = {f"{op}_latency_s": LATENCY, f"{op}_GBps": AGGREGATE_GBPS, f"raw_{op}_GBps": AGGREGATE_GBPS,
-             "load_s": FomSpec(unit="s", better="lower")}
+    fom_args = paired_throughput(op, timing, len(blob) / 1e9, moves=mine)
+    fom_args["local"]["load_s"] = load_s
+    fom_args["specs"]["load_s"] = FomSpec(unit="s", better="lower")
     params = {"op": op, "model": model_name, "format": fmt, "nbytes": len(blob), "rounds": rounds,
               "raw": raw.description}
-    record(benchmark, simai_run(backend, params), local, specs, ratios={f"{op}_vs_raw": (f"{op}_GBps", f"raw_{op}_GBps")})
+    record(benchmark, simai_run(backend, params), **fom_args)
 
 
 def _idle() -> None:

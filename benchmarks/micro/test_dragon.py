@@ -3,7 +3,8 @@
 The DDict is the staging pool's ``dragon`` server. Workers are Dragon-managed processes
 (``dragon.native.process.Process``: started by the runtime, like start method ``dragon``, without
 switching this pytest process's multiprocessing over to Dragon). FOMs: ``mp_put_GBps`` /
-``mp_get_GBps`` summed over workers and their mean median latency; ``mpi_put_GBps`` /
+``mp_get_GBps`` measured over the workers' common window of each round (every round starts at a
+barrier; median over rounds) and their mean latency; ``mpi_put_GBps`` /
 ``mpi_get_GBps`` the same for MPI ranks of an ``mpiexec`` started as a Dragon process and attached
 to the serialized DDict (:mod:`simai_core.staging.dragon_mpi`); ``batch_put_GBps`` against
 one-by-one puts of the same keys; ``frozen_get_GBps`` against gets of the same key unfrozen.
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from simai_core.bench.measure import median
-from simai_core.bench.record import AGGREGATE_GBPS, LATENCY, record
+from simai_core.bench.measure import Window, median
+from simai_core.bench.record import AGGREGATE_GBPS, LATENCY, PER_RANK_GBPS, aggregate_fom, record
+from simai_core.fom import Fom, FomSpec
 
 pytestmark = [pytest.mark.micro, pytest.mark.dragon, pytest.mark.backends("dragon")]
 SIZES = [2**10, 2**20, 16 * 2**20]
@@ -42,14 +44,15 @@ def _timed(fn: Any, rounds: int) -> list[float]:
     return samples
 
 
-def _concurrent_foms(prefix: str, size: int, put_s: list[float], get_s: list[float]) -> tuple[dict, dict]:
-    """Throughput summed over concurrent clients and their mean median latency, per operation."""
-    local, specs = {}, {}
-    for op, samples in (("put", put_s), ("get", get_s)):
-        local[f"{prefix}_{op}_GBps"] = sum(size / s for s in samples) / 1e9
-        local[f"{prefix}_{op}_latency_s"] = float(np.mean(samples))
-        specs[f"{prefix}_{op}_GBps"], specs[f"{prefix}_{op}_latency_s"] = AGGREGATE_GBPS, LATENCY
-    return local, specs
+def _concurrent_foms(prefix: str, size: int, put_w: list[list[Window]], get_w: list[list[Window]]
+                     ) -> tuple[dict[str, list[float]], dict[str, FomSpec], dict[str, Fom]]:
+    """Per operation: the clients' measured aggregate over each round's common window, and their latencies."""
+    local, specs, measured = {}, {}, {}
+    for op, windows in (("put", put_w), ("get", get_w)):
+        local[f"{prefix}_{op}_latency_s"] = [e - s for w in windows for s, e in w]
+        specs[f"{prefix}_{op}_latency_s"] = LATENCY
+        measured[f"{prefix}_{op}_GBps"] = aggregate_fom(windows, [size / 1e9] * len(windows), AGGREGATE_GBPS)
+    return local, specs, measured
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
@@ -79,7 +82,8 @@ def test_concurrent_workers(benchmark: Any, backend: Any, staging: Any, staging_
     assert len(results) == WORKERS and all(ok for *_, ok in results)
     run = simai_run(backend, {"workers": WORKERS, "nbytes": size, "rounds": rounds,
                               "processes": "dragon.native.process.Process"})
-    record(benchmark, run, *_concurrent_foms("mp", size, [r[1] for r in results], [r[2] for r in results]))
+    local, specs, measured = _concurrent_foms("mp", size, [r[1] for r in results], [r[2] for r in results])
+    record(benchmark, run, local, specs, measured=measured)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
@@ -97,7 +101,9 @@ def test_mpi_ranks(benchmark: Any, backend: Any, staging: Any, staging_pool: Any
     assert len(records) == WORKERS and all(r["own_ok"] and r["neighbour_ok"] for r in records)
     run = simai_run(backend, {"mpi_ranks": WORKERS, "nbytes": size, "rounds": rounds,
                               "processes": "mpiexec -n 2 started as a Dragon process (ranks not Dragon-managed)"})
-    record(benchmark, run, *_concurrent_foms("mpi", size, [r["put_s"] for r in records], [r["get_s"] for r in records]))
+    local, specs, measured = _concurrent_foms("mpi", size, [r["put_windows"] for r in records],
+                                              [r["get_windows"] for r in records])
+    record(benchmark, run, local, specs, measured=measured)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=IDS)
@@ -125,7 +131,7 @@ def test_batched_put(benchmark: Any, backend: Any, staging: Any, simai_run: Any,
     local = {"batch_put_GBps": total / benchmark.stats.stats.median / 1e9,
              "single_put_GBps": total / median(single) / 1e9,
              "batch_put_latency_s": benchmark.stats.stats.median / BATCH}
-    specs = {"batch_put_GBps": AGGREGATE_GBPS, "single_put_GBps": AGGREGATE_GBPS, "batch_put_latency_s": LATENCY}
+    specs = {"batch_put_GBps": PER_RANK_GBPS, "single_put_GBps": PER_RANK_GBPS, "batch_put_latency_s": LATENCY}
     run = simai_run(backend, {"nbytes": size, "keys_per_batch": BATCH, "rounds": rounds})
     record(benchmark, run, local, specs, ratios={"batch_vs_single": ("batch_put_GBps", "single_put_GBps")})
 
@@ -149,6 +155,6 @@ def test_frozen_get(benchmark: Any, backend: Any, staging: Any, simai_run: Any, 
     local = {"frozen_get_GBps": size / benchmark.stats.stats.median / 1e9,
              "unfrozen_get_GBps": size / median(unfrozen) / 1e9,
              "frozen_get_latency_s": benchmark.stats.stats.median}
-    specs = {"frozen_get_GBps": AGGREGATE_GBPS, "unfrozen_get_GBps": AGGREGATE_GBPS, "frozen_get_latency_s": LATENCY}
+    specs = {"frozen_get_GBps": PER_RANK_GBPS, "unfrozen_get_GBps": PER_RANK_GBPS, "frozen_get_latency_s": LATENCY}
     run = simai_run(backend, {"nbytes": size, "rounds": rounds})
     record(benchmark, run, local, specs, ratios={"frozen_vs_unfrozen": ("frozen_get_GBps", "unfrozen_get_GBps")})

@@ -2,7 +2,7 @@
 
 * ``test_dataset``: put/get of a Dataset (one tensor of ``nbytes`` plus metadata: a string and
   two scalars), one key per rank overwritten each round; FOMs as the put/get sweep
-  (``<op>_latency_s``, ``<op>_GBps``, ``<op>_vs_raw`` against redis-py SET/GET on the same server).
+  (``<op>_latency_s``, ``<op>_GBps``, ``<op>_vs_raw`` against plain RESP SET/GET on the same server).
 * ``test_aggregation_list``: SmartSim-Scaling's data-aggregation pattern (datasets of 4 x 1 KiB
   tensors): ``append`` = put_dataset + append_to_list from every rank; ``get_list`` = every rank
   reads the whole list (``get_datasets_from_list``) once it holds ``DATASETS_PER_RANK`` per rank.
@@ -19,13 +19,11 @@ import numpy as np
 import pytest
 
 from simai_core import mpi
-from simai_core.bench.measure import InterleavedReference, NeighbourPoll, default_rounds, median, sync_ranks
-from simai_core.bench.record import AGGREGATE_GBPS, LATENCY, record
-from simai_core.fom import FomSpec
+from simai_core.bench.measure import NeighbourPoll, PairedRounds, default_rounds, sync_ranks
+from simai_core.bench.record import AGGREGATE_GBPS, AGGREGATE_OPS, LATENCY, paired_throughput, record
 from simai_core.staging import registry
 
 pytestmark = [pytest.mark.micro, pytest.mark.backends("smartsim")]
-OPS_PER_S = FomSpec(unit="ops/s", better="higher", combine="sum")
 AGG_TENSORS, AGG_TENSOR_BYTES, DATASETS_PER_RANK = 4, 1024, 8
 POLL_TIMEOUT_S = 30.0
 
@@ -68,14 +66,10 @@ def test_dataset(benchmark, backend, sr, staging_pool, simai_run, nbytes, op, py
             sr.put_dataset(ds)
         raw_op = (lambda: raw.put(f"raw.{name}", memoryview(data))) if op == "put" \
             else (lambda: raw.get(f"raw.{name}", memoryview(out)))
-        reference = InterleavedReference(raw_op)
-
-        def setup() -> None:
-            fetched.clear()  # one copy at a time, freed outside the timed round
-            reference()
-
         target = (lambda: sr.put_dataset(ds)) if op == "put" else (lambda: fetched.append(sr.get_dataset(name)))
-        benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=1)
+        timing = PairedRounds(target, {"raw": raw_op}, prepare=fetched.clear)  # one fetched copy at a time
+        benchmark.pedantic(timing.target, setup=timing.setup, rounds=rounds, warmup_rounds=1)
+        timing.finish()
     finally:
         raw.close()
 
@@ -84,13 +78,9 @@ def test_dataset(benchmark, backend, sr, staging_pool, simai_run, nbytes, op, py
     assert np.array_equal(got.get_tensor("field"), data)
     assert got.get_meta_strings("source") == [f"rank{mpi.rank()}"] and list(got.get_meta_scalars("step")) == [7]
 
-    seconds = benchmark.stats.stats.median
-    local = {f"{op}_latency_s": seconds, f"{op}_GBps": nbytes / seconds / 1e9,
-             f"raw_{op}_GBps": nbytes / median(reference.samples) / 1e9}
-    specs = {f"{op}_latency_s": LATENCY, f"{op}_GBps": AGGREGATE_GBPS, f"raw_{op}_GBps": AGGREGATE_GBPS}
     run = simai_run(backend, {"op": op, "nbytes": nbytes, "rounds": rounds, "raw": raw.description,
                               "metadata": "1 string + 2 scalars"})
-    record(benchmark, run, local, specs, ratios={f"{op}_vs_raw": (f"{op}_GBps", f"raw_{op}_GBps")})
+    record(benchmark, run, **paired_throughput(op, timing, nbytes / 1e9))
 
 
 @pytest.mark.parametrize("op", ["append", "get_list"])
@@ -114,15 +104,15 @@ def test_aggregation_list(benchmark, backend, sr, simai_run, op, pytestconfig):
         sr.delete_list(list_name)
     sync_ranks()
     if op == "append":
-        benchmark.pedantic(append, setup=sync_ranks, rounds=rounds, warmup_rounds=1)
+        timing = PairedRounds(append)
         datasets = 1
     else:
         for _ in range(DATASETS_PER_RANK):
             append()
         assert sr.poll_list_length(list_name, DATASETS_PER_RANK * size, 1, int(POLL_TIMEOUT_S * 1000))
-        benchmark.pedantic(lambda: sr.get_datasets_from_list(list_name), setup=sync_ranks, rounds=rounds,
-                           warmup_rounds=1)
+        timing = PairedRounds(lambda: sr.get_datasets_from_list(list_name))
         datasets = DATASETS_PER_RANK * size
+    benchmark.pedantic(timing.target, setup=timing.setup, rounds=rounds, warmup_rounds=1)
     sync_ranks()
 
     got = sr.get_datasets_from_list(list_name)
@@ -133,13 +123,13 @@ def test_aggregation_list(benchmark, backend, sr, simai_run, op, pytestconfig):
     if rank == 0:
         sr.delete_list(list_name)  # the datasets themselves stay until the session's server stops
 
-    seconds = benchmark.stats.stats.median
     nbytes = datasets * AGG_TENSORS * AGG_TENSOR_BYTES
-    local = {f"{op}_latency_s": seconds, f"{op}_datasets_per_s": datasets / seconds, f"{op}_GBps": nbytes / seconds / 1e9}
-    specs = {f"{op}_latency_s": LATENCY, f"{op}_datasets_per_s": OPS_PER_S, f"{op}_GBps": AGGREGATE_GBPS}
+    local = {f"{op}_latency_s": timing.seconds()}
+    specs = {f"{op}_latency_s": LATENCY, f"{op}_datasets_per_s": AGGREGATE_OPS, f"{op}_GBps": AGGREGATE_GBPS}
+    aggregates = {f"{op}_datasets_per_s": (timing.windows(), datasets), f"{op}_GBps": (timing.windows(), nbytes / 1e9)}
     params = {"op": op, "rounds": rounds, "tensors_per_dataset": AGG_TENSORS, "tensor_bytes": AGG_TENSOR_BYTES,
               "datasets_read": datasets if op == "get_list" else None}
-    record(benchmark, simai_run(backend, params), local, specs)
+    record(benchmark, simai_run(backend, params), local, specs, aggregates=aggregates)
 
 
 @pytest.mark.parametrize("poll_ms", [1, 10])
@@ -151,11 +141,11 @@ def test_poll_tensor(benchmark, backend, sr, simai_run, poll_ms, pytestconfig):
     poll = NeighbourPoll("micro.poll", lambda k: sr.put_tensor(k, value), sr.delete_tensor,
                          lambda k: sr.poll_tensor(k, poll_ms, tries))
     neighbour = poll.neighbour
-    benchmark.pedantic(poll.round, setup=poll.reset, rounds=rounds, warmup_rounds=1)
+    timing = PairedRounds(poll.round, prepare=poll.reset)
+    benchmark.pedantic(timing.target, setup=timing.setup, rounds=rounds, warmup_rounds=1)
     sync_ranks()
 
     assert sr.get_tensor(neighbour).tolist() == [(rank - 1) % size]
-    seconds = benchmark.stats.stats.median
-    local = {"latency_s": seconds, "ops_per_s": 1.0 / seconds}
-    record(benchmark, simai_run(backend, {"op": "poll_tensor", "poll_ms": poll_ms, "rounds": rounds}), local,
-           {"latency_s": LATENCY, "ops_per_s": OPS_PER_S})
+    record(benchmark, simai_run(backend, {"op": "poll_tensor", "poll_ms": poll_ms, "rounds": rounds}),
+           {"latency_s": timing.seconds()}, {"latency_s": LATENCY, "ops_per_s": AGGREGATE_OPS},
+           aggregates={"ops_per_s": (timing.windows(), 1.0)})

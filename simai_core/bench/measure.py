@@ -1,15 +1,16 @@
-"""Timing helpers shared by the benchmarks: synchronised rounds, raw references."""
+"""Timing helpers shared by the benchmarks: synchronised rounds on one clock, raw references."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from simai_core import mpi
+from simai_core.bench.clock import global_clock
 
 
 def sync_ranks() -> None:
@@ -18,30 +19,63 @@ def sync_ranks() -> None:
         mpi.barrier()
 
 
-class InterleavedReference:
-    """A raw reference timed in the same rounds as the benchmark, as its ``pedantic`` setup.
+Window = tuple[float, float]
 
-    Before each benchmark round (untimed by pytest-benchmark) the ranks synchronise, run and
-    time the raw operation once, and synchronise again; so the backend and its reference see
-    the same machine state, and drift on a busy machine hits both alike.
+
+class PairedRounds:
+    """A benchmark operation and its reference paths, timed in the same rounds on one clock.
+
+    Use ``benchmark.pedantic(rounds.target, setup=rounds.setup, ...)`` then :meth:`finish`.
+    The references run in the (untimed) setup of a round, once per round, alternating before
+    and after the operation (R B | B R | R B ...), so neither side always finds the machine warm.
+    Every op's rounds are kept as (start, end) windows on the :func:`global_clock`, from which
+    per-rank latencies and measured aggregates are computed.
     """
 
-    def __init__(self, raw_op: Callable[[], Any], warmup_rounds: int = 1) -> None:
-        self.raw_op = raw_op
-        self.warmup_rounds = warmup_rounds
-        self._all: list[float] = []
+    def __init__(self, op: Callable[[], Any], references: Mapping[str, Callable[[], Any]] | None = None,
+                 warmup_rounds: int = 1, prepare: Callable[[], Any] | None = None) -> None:
+        self.op, self.references, self.warmup_rounds = op, dict(references or {}), warmup_rounds
+        self.prepare = prepare  # untimed work before each round (resetting keys, freeing the last round's copy)
+        self._clock = global_clock()
+        self._windows: dict[str, list[Window]] = {name: [] for name in ("op", *self.references)}
+        self._round = 0
 
-    def __call__(self) -> None:
-        sync_ranks()
-        start = time.perf_counter()
-        self.raw_op()
-        self._all.append(time.perf_counter() - start)
+    def setup(self) -> None:
+        """Before round n: the previous round's trailing references (odd n-1), then this one's leading ones (even n)."""
+        if self.prepare is not None:
+            self.prepare()
+        if self._round % 2 == 0:
+            if self._round:
+                self._run_references()
+            self._run_references()
         sync_ranks()
 
-    @property
-    def samples(self) -> list[float]:
-        """The timed raw rounds (warm-up rounds dropped)."""
-        return self._all[self.warmup_rounds:]
+    def target(self) -> None:
+        """The timed operation of one round."""
+        start = self._clock.now()
+        self.op()
+        self._windows["op"].append((start, self._clock.now()))
+        self._round += 1
+
+    def finish(self) -> None:
+        """After the last round: its trailing references, if it was an odd one."""
+        if self._round % 2 == 0:
+            self._run_references()
+
+    def windows(self, name: str = "op") -> list[Window]:
+        """The timed rounds of ``op`` or of a reference, warm-up dropped."""
+        return self._windows[name][self.warmup_rounds:]
+
+    def seconds(self, name: str = "op") -> list[float]:
+        """Each round's duration."""
+        return [end - start for start, end in self.windows(name)]
+
+    def _run_references(self) -> None:
+        for name, ref in self.references.items():
+            sync_ranks()
+            start = self._clock.now()
+            ref()
+            self._windows[name].append((start, self._clock.now()))
 
 
 def median(samples: list[float]) -> float:

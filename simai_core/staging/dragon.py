@@ -448,46 +448,48 @@ class DragonRaw(RawReference):
         self._ddict[key] = pickle.PickleBuffer(data)
 
     def get(self, key: str, out: memoryview) -> None:
-        if self._ddict.get(key) is None:
+        value = self._ddict.get(key)
+        if value is None:
             raise KeyError(key)
+        out.cast("B")[:] = memoryview(value).cast("B")  # lands in `out`, as get_tensor(out=) does
 
     def close(self) -> None:
         self._ddict.detach()
 
 
 def time_put_get(ddict: Any, key: str, data: np.ndarray, rounds: int,
-                 barrier: Callable[[], Any]) -> tuple[float, float, Any]:
-    """Median seconds of ``rounds`` puts, then gets, of ``data`` under ``key``, and the last value got.
+                 barrier: Callable[[], Any]) -> tuple[list[tuple[float, float]], list[tuple[float, float]], Any]:
+    """(start, end) windows of ``rounds`` puts, then gets, of ``data`` under ``key``, and the last value got.
 
-    Each phase starts at ``barrier()`` so that concurrent clients overlap, and its first round
-    is a warm-up.
+    Every round starts at ``barrier()`` so that concurrent clients overlap round by round (their
+    windows give measured aggregates); the first round of each phase is a warm-up and dropped.
+    Times are ``time.perf_counter``: CLOCK_MONOTONIC, one clock for every process of a node.
     """
-    medians, got = [], None
-    for op in ("put", "get"):
-        samples = []
-        barrier()
+    windows: list[list[tuple[float, float]]] = [[], []]
+    got = None
+    for phase, op in enumerate(("put", "get")):
         for _ in range(rounds + 1):
+            barrier()
             t0 = time.perf_counter()
             if op == "put":
                 ddict[key] = data
             else:
                 got = ddict[key]
-            samples.append(time.perf_counter() - t0)
-        medians.append(float(np.median(samples[1:])))
-    return medians[0], medians[1], got
+            windows[phase].append((t0, time.perf_counter()))
+    return windows[0][1:], windows[1][1:], got
 
 
 def concurrent_worker(address: str, wid: int, nbytes: int, rounds: int, barrier: Any, results: Any) -> None:
     """Body of a Dragon-managed benchmark process: time ``rounds`` puts then gets of its own key.
 
-    The medians go back on ``results`` as ``(wid, put_s, get_s, ok)``.
+    The round windows go back on ``results`` as ``(wid, put_windows, get_windows, ok)``.
     """
     from dragon.data.ddict import DDict
 
     ddict = DDict.attach(address, timeout=DEFAULT_TIMEOUT_S)
     data = np.random.default_rng(wid).integers(0, 256, nbytes, dtype=np.uint8)
     try:
-        put_s, get_s, got = time_put_get(ddict, f"micro.dragon.mp.{wid}", data, rounds, barrier.wait)
-        results.put((wid, put_s, get_s, bool(np.array_equal(got, data))))
+        put_w, get_w, got = time_put_get(ddict, f"micro.dragon.mp.{wid}", data, rounds, barrier.wait)
+        results.put((wid, put_w, get_w, bool(np.array_equal(got, data))))
     finally:
         ddict.detach()

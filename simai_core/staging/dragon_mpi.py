@@ -6,9 +6,9 @@ that works; see the platform notes), but they inherit the runtime's environment 
 
     python -m simai_core.staging.dragon_mpi ADDRESS OUT NBYTES ROUNDS
 
-Every rank times ``ROUNDS`` puts, then gets, of its own key (the phases start at a barrier so
+Every rank times ``ROUNDS`` puts, then gets, of its own key (each round starts at a barrier so
 they overlap), then reads its neighbour's key to prove the ranks share one store; rank 0
-writes every rank's medians and checks to ``OUT`` (JSON).
+writes every rank's round windows and checks to ``OUT`` (JSON).
 
 The ranks share the Dragon identity of the ``mpiexec`` they inherited it from, and two of them
 asking the runtime's local services for a channel at once get each other's replies
@@ -44,8 +44,8 @@ def run_clients(address: str, ranks: int, nbytes: int, rounds: int, workdir: Pat
                 timeout_s: float = 120.0) -> list[dict[str, Any]]:
     """Start ``ranks`` MPI ranks (the venv's ``mpiexec``, as a Dragon process) on the DDict ``address``.
 
-    Returns one record per rank: ``rank``, ``size``, ``put_s``, ``get_s`` (medians), ``own_ok``,
-    ``neighbour_ok``. The job is killed when it runs past ``timeout_s``.
+    Returns one record per rank: ``rank``, ``size``, ``put_windows``, ``get_windows`` (per-round
+    (start, end) on ``perf_counter``), ``own_ok``, ``neighbour_ok``. The job is killed when it runs past ``timeout_s``.
     """
     from dragon.native.process import Process
 
@@ -88,10 +88,10 @@ def _rank_main(address: str, out: str, nbytes: int, rounds: int) -> None:
     data = _payload(rank, nbytes)
     # No try/finally: a rank that fails must not enter the collective detach below while the
     # others wait elsewhere; it raises to __main__, which aborts the job.
-    put_s, get_s, got = time_put_get(ddict, _key(rank), data, rounds, comm.Barrier)
+    put_w, get_w, got = time_put_get(ddict, _key(rank), data, rounds, comm.Barrier)
     comm.Barrier()
     neighbour = (rank + 1) % size
-    record = {"rank": rank, "size": size, "put_s": put_s, "get_s": get_s, "own_ok": bool(np.array_equal(got, data)),
+    record = {"rank": rank, "size": size, "put_windows": put_w, "get_windows": get_w, "own_ok": bool(np.array_equal(got, data)),
               "neighbour_ok": bool(np.array_equal(ddict[_key(neighbour)], _payload(neighbour, nbytes)))}
     records = comm.gather(record, root=0)
     comm.Barrier()
