@@ -1,17 +1,19 @@
-"""``simai-bench``: compare runs (the regression gate), write reports, show FOM tables.
+"""``simai-bench``: compare runs (the regression gate), measure the gate, write reports, show FOM tables.
 
-Exit codes: 0 fine, 1 a FOM (or round time) regressed past its threshold, 2 bad input.
+Exit codes: 0 fine, 1 a FOM (or round time) regressed (``gate-check``: the gate missed its
+target), 2 bad input or runs that are not comparable (other world size, machine or params).
 User errors print one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -53,6 +55,49 @@ def parse_fail_on(text: str) -> tuple[str, float]:
     return name, parse_pct(pct)
 
 
+def parse_alpha(text: str) -> float:
+    """A false-alarm rate strictly between 0 and 1: ``'0.01'`` or ``'1%'``."""
+    try:
+        value = float(text.strip().rstrip("%")) / (100 if text.strip().endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a probability: {text!r} (use e.g. 0.01)") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"alpha must be between 0 and 1: {text!r}")
+    return value
+
+
+def parse_floor(text: str) -> tuple[str, float]:
+    """``'*_pct:2'`` -> ('*_pct', 2.0): the smallest change that matters for those FOMs, in their unit."""
+    name, sep, value = text.rpartition(":")
+    try:
+        floor = float(value)
+    except ValueError:
+        floor = -1.0
+    if not sep or not name or floor < 0:
+        raise argparse.ArgumentTypeError(f"expected FOM:VALUE such as '*_pct:1' or final_skill:0.05, got {text!r}")
+    return name, floor
+
+
+def _gate_options(cmd: argparse.ArgumentParser) -> None:
+    """The options that decide a comparison, shared by ``compare`` and ``gate-check``."""
+    cmd.add_argument("--storage", type=Path, default=None, metavar="DIR", help=STORAGE_HELP)
+    cmd.add_argument("--threshold", type=parse_pct, default=10.0, metavar="PCT",
+                     help="smallest relative change that matters (default 10%%)")
+    cmd.add_argument("--fail-on", type=parse_fail_on, action="append", default=[], metavar="FOM:PCT",
+                     help="own threshold for a FOM, glob or time.median/time.mean (repeatable)")
+    cmd.add_argument("--floor", type=parse_floor, action="append", default=[], metavar="FOM:VALUE",
+                     help="absolute floor of the change of a FOM (glob), in its unit; defaults '*_pct:1' "
+                          "and '*skill*:0.05' (repeatable)")
+    cmd.add_argument("--alpha", type=parse_alpha, default=None, metavar="P",
+                     help="family-wise false-alarm rate of the significance tests of one comparison (default 0.01)")
+    cmd.add_argument("--ignore-stats", action="store_true",
+                     help="show pytest-benchmark's round times but gate on FOMs only")
+    cmd.add_argument("--no-noise", action="store_true",
+                     help="fail on any change past the threshold, significant or not")
+    cmd.add_argument("--ignore-backend", action="store_true",
+                     help="match benchmarks regardless of backend (to compare two backends' runs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``simai-bench`` and its subcommands."""
     parser = _Parser(prog="simai-bench", description="Compare and report SimAI-Bench runs (pytest-benchmark JSON).")
@@ -61,18 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="compare runs FOM by FOM; exit 1 on a regression")
     cmp_.add_argument("base", metavar="BASE", help="base run: JSON file or storage run id")
     cmp_.add_argument("new", metavar="NEW", nargs="+", help="run(s) to compare against BASE")
-    cmp_.add_argument("--storage", type=Path, default=None, metavar="DIR", help=STORAGE_HELP)
-    cmp_.add_argument("--threshold", type=parse_pct, default=10.0, metavar="PCT",
-                      help="relative change that counts as a regression (default 10%%)")
-    cmp_.add_argument("--fail-on", type=parse_fail_on, action="append", default=[], metavar="FOM:PCT",
-                      help="own threshold for a FOM, glob or time.median/time.mean (repeatable)")
+    _gate_options(cmp_)
     cmp_.add_argument("--only-changed", action="store_true", help="list only rows past their threshold")
-    cmp_.add_argument("--ignore-stats", action="store_true",
-                      help="show pytest-benchmark's round times but gate on FOMs only")
-    cmp_.add_argument("--no-noise", action="store_true",
-                      help="fail on any change past the threshold, even where rank spreads or round scatter cover it")
-    cmp_.add_argument("--ignore-backend", action="store_true",
-                      help="match benchmarks regardless of backend (to compare two backends' runs)")
+
+    gate = sub.add_parser("gate-check", help="measure the gate on N runs of one command: false alarms, detections")
+    gate.add_argument("runs", metavar="RUN", nargs="+", help="two or more runs of the same benchmark command")
+    gate.add_argument("--change", type=parse_pct, default=25.0, metavar="PCT",
+                      help="synthetic change injected into the newer run of each pair (default 25%%)")
+    gate.add_argument("--all-metrics", action="store_true", help="list every metric, not only those with a miss")
+    gate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the counts as JSON")
+    _gate_options(gate)
 
     rep = sub.add_parser("report", help="write report.md/report.html with plots")
     rep.add_argument("runs", metavar="RUN", nargs="+", help="JSON file(s) or storage run id(s)")
@@ -103,11 +146,36 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from simai_core.report.compare import compare_runs
 
     base, *news = _load([args.base, *args.new], args.storage)
-    comparisons = [compare_runs(base, new, args.threshold, dict(args.fail_on), gate_stats=not args.ignore_stats,
-                                ignore_backend=args.ignore_backend, noise_aware=not args.no_noise) for new in news]
+    comparisons = [compare_runs(base, new, **_compare_options(args)) for new in news]
     for comp in comparisons:
         comp.render(console, only_changed=args.only_changed)
+    if not all(c.comparable for c in comparisons):
+        return EXIT_USAGE
     return EXIT_OK if all(c.ok for c in comparisons) else EXIT_REGRESSION
+
+
+def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
+    from simai_core.report.compare import ABS_FLOORS, DEFAULT_ALPHA
+
+    return {"threshold_pct": args.threshold, "fail_on": dict(args.fail_on), "gate_stats": not args.ignore_stats,
+            "ignore_backend": args.ignore_backend, "noise_aware": not args.no_noise,
+            "alpha": DEFAULT_ALPHA if args.alpha is None else args.alpha, "floors": {**ABS_FLOORS, **dict(args.floor)}}
+
+
+def cmd_gate_check(args: argparse.Namespace, console: Console) -> int:
+    """Count false alarms and detections over every pair of the runs; 1 when the target is missed."""
+    from simai_core.report.gate_check import gate_check
+
+    if len(args.runs) < 2:
+        raise UsageError("gate-check needs two or more runs")
+    report = gate_check(_load(args.runs, args.storage), args.change, **_compare_options(args))
+    report.render(console, all_metrics=args.all_metrics)
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(report.as_dict(), indent=1))
+        except OSError as exc:
+            raise SimaiError(f"{args.json}: cannot write ({exc.strerror or exc})") from None
+    return EXIT_OK if report.target_met else EXIT_REGRESSION
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -139,7 +207,7 @@ def _console() -> Console:
     return Console(width=160)
 
 
-COMMANDS = {"compare": cmd_compare, "report": cmd_report, "show": cmd_show}
+COMMANDS = {"compare": cmd_compare, "gate-check": cmd_gate_check, "report": cmd_report, "show": cmd_show}
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:

@@ -69,13 +69,63 @@ def test_threshold_and_fail_on_options(tmp_path, base, micro):
 
 
 def test_noise_can_be_switched_off(tmp_path, micro):
+    # Rounds that scatter from 0.5x to 1.5x: a 15 % change of the value is within noise.
     base = json.loads(json.dumps(micro))
-    base["benchmarks"][0]["extra_info"]["fom"]["put_GBps"]["ranks"]["min"] *= 0.4  # one very slow rank
-    new = samples.worsen(micro, "put_GBps", 50)
+    f = base["benchmarks"][0]["extra_info"]["fom"]["put_GBps"]
+    f["samples"] = [f["value"] * k for k in (0.5, 0.7, 0.9, 1.1, 1.3, 1.5)]
+    new = samples.worsen(base, "put_GBps", 15)
     paths = _write(tmp_path / "b.json", base), _write(tmp_path / "n.json", new)
     code, out = run_cli("compare", *paths)
-    assert code == 0 and "within noise: rank spreads overlap" in out
+    assert code == 0 and "within noise (p=" in out and "1 within noise" in out
     assert run_cli("compare", *paths, "--no-noise")[0] == 1
+    # A stricter false-alarm rate keeps it noise, down to where 6 vs 6 samples cannot reach it (2/924):
+    # then the row is untested and judged on the threshold alone.
+    assert run_cli("compare", *paths, "--alpha", "0.005")[0] == 0
+    code, out = run_cli("compare", *paths, "--alpha", "0.001")
+    assert code == 1 and "untested: 6 vs 6 samples cannot reach alpha" in out
+    # A tight-scatter copy is flagged.
+    f["samples"] = samples.scattered(f["value"], 10, 0.01, 1)
+    paths = _write(tmp_path / "b2.json", base), _write(tmp_path / "n2.json", samples.worsen(base, "put_GBps", 15))
+    code, out = run_cli("compare", *paths)
+    assert code == 1 and "worse by more than 10 % (p=" in out
+
+
+def test_another_world_size_is_not_comparable_exit_2(tmp_path, base, micro):
+    four = json.loads(json.dumps(micro))
+    for b in four["benchmarks"]:
+        b["extra_info"]["simai"]["world_size"] = 4
+    code, out = run_cli("compare", base, _write(tmp_path / "four.json", samples.worsen(four, "put_GBps", 50)))
+    assert code == 2
+    assert "not comparable: test_put_get[filesystem-put-1KiB] (world_size 2 vs 4)" in out
+    assert "NOT COMPARABLE" in out and "REGRESSION" not in out
+
+
+def test_percent_and_ratio_floors(tmp_path):
+    mini = samples.mini_run()
+    new = json.loads(json.dumps(mini))
+    new["benchmarks"][0]["extra_info"]["fom"]["sim_data_pct"]["value"] += 0.8  # +13 %, 0.8 points
+    paths = _write(tmp_path / "b.json", mini), _write(tmp_path / "n.json", new)
+    code, out = run_cli("compare", *paths)
+    assert code == 0 and "+0.800 pt" in out
+    code, out = run_cli("compare", *paths, "--floor", "sim_*:0.5")
+    assert code == 1 and "sim_data_pct" in out and "by more than 0.600 pt" in out  # 10 % of 6 points, above the 0.5 floor
+
+
+def test_gate_check_counts_false_alarms_and_detections(tmp_path):
+    micro = samples.micro_run(sizes=(1024,))
+    runs = [_write(tmp_path / f"run{i}.json", samples.with_samples(micro, n=10, scatter=0.03, seed=i))
+            for i in range(5)]
+    code, out = run_cli("gate-check", *runs, "--json", str(tmp_path / "gate.json"))
+    assert code == 0, out
+    assert "false alarms: 0 of 10 pairs" in out and "every figure 25 % worse: 10 of 10 pairs" in out
+    counts = json.loads((tmp_path / "gate.json").read_text())
+    assert counts["pairs"] == 10 and counts["false_alarm_pairs"] == 0 and counts["detected_pairs"] == 10
+    # 4 benchmarks x (3 FOMs + 2 round times), each moved alone in each of the 10 pairs.
+    assert counts["metric_detections_eligible"] == 4 * 5 * 10
+    assert counts["metric_detections"] >= 0.95 * counts["metric_detections_eligible"]
+    # A change no larger than the threshold is not a regression: nothing to detect, and gate-check says so.
+    code, out = run_cli("gate-check", *runs, "--change", "5")
+    assert code == 1 and "every figure 5 % worse: 0 of 10 pairs" in out
 
 
 def test_several_new_runs_each_against_base_and_machine_warning(tmp_path, base, micro):
@@ -121,6 +171,9 @@ def test_unknown_schema_and_no_match_exit_2(tmp_path, base, micro, capsys):
         (["compare", "base.json", "nowhere.json"], "nowhere.json: no such file"),
         (["compare", "base.json", "base.json", "--threshold", "lots"], "not a percentage"),
         (["compare", "base.json", "base.json", "--fail-on", "5%"], "expected FOM:PCT"),
+        (["compare", "base.json", "base.json", "--alpha", "2"], "alpha must be between 0 and 1"),
+        (["compare", "base.json", "base.json", "--floor", "final_skill"], "expected FOM:VALUE"),
+        (["gate-check", "base.json"], "two or more runs"),
         (["frobnicate"], "invalid choice"),
         (["report", "base.json"], "-o/--output"),
         ([], "required"),

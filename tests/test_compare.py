@@ -1,15 +1,16 @@
-"""The regression gate: matching, FOM directions, thresholds, noise, machine warnings."""
+"""The regression gate: matching and comparability, FOM directions, thresholds and floors, the test, warnings."""
 
 from __future__ import annotations
 
 import copy
 import math
 
+import numpy as np
 import pytest
 from rich.console import Console
 
 from simai_core.report import samples
-from simai_core.report.compare import compare_runs, relative_change, threshold_for
+from simai_core.report.compare import compare_runs, holm, min_p_value, relative_change, threshold_for
 from simai_core.report.loading import ReportInputError
 
 
@@ -78,44 +79,141 @@ def test_threshold_lookup_prefers_exact_name_then_strictest_glob():
     assert threshold_for("x", 7, None) == 7
 
 
-def test_overlapping_rank_spreads_are_noise_not_regressions(micro):
+def test_overlapping_rank_spreads_no_longer_hide_a_change(micro):
+    """The old rule called any change noise when the rank spreads overlapped: a 30 % drop passed."""
     new = samples.worsen(micro, "put_latency_s", 30)
-    # Slowest and fastest rank 40 % apart in the base run: a 30 % change is inside that spread.
     base = copy.deepcopy(micro)
     f = _bench(base)["extra_info"]["fom"]["put_latency_s"]
     f["ranks"]["max"] = f["value"] * 1.4
     comp = compare_runs(base, new)
     [row] = [r for r in _rows(comp, "put_latency_s") if r.benchmark.endswith("put-1KiB]")]
-    assert row.status == "noise" and "rank spreads overlap" in row.note
-    assert comp.ok and row in comp.noise
-    assert not compare_runs(micro, new).ok  # without the spread it fails
-    assert not compare_runs(base, new, noise_aware=False).ok  # unless noise is not asked about
+    assert row.status == "worse" and not row.tested and "untested: no samples" in row.note
+    assert not comp.ok
 
 
-def test_round_scatter_makes_a_fom_change_noise(micro):
-    new = samples.worsen(micro, "put_latency_s", 12)
-    assert not compare_runs(micro, new).ok
-    noisy = copy.deepcopy(new)
-    s = _bench(noisy)["stats"]
-    s["iqr"] = 0.2 * s["median"]  # rounds scatter by 20 %: a 12 % change is not telling
-    comp = compare_runs(micro, noisy)
-    assert comp.ok
-    assert "rounds scatter" in _rows(comp, "put_latency_s")[0].note
+def test_a_25_percent_drop_with_tight_scatter_is_flagged(micro):
+    base = samples.with_samples(micro, n=10, scatter=0.03, seed=1)
+    new = samples.worsen(samples.with_samples(micro, n=10, scatter=0.03, seed=2), "put_GBps", 25)
+    comp = compare_runs(base, new)
+    [reg] = comp.regressions
+    assert reg.metric == "put_GBps" and reg.tested and reg.n_samples == (10, 10)
+    assert reg.p_value is not None and reg.p_value < 1e-3 and "p=" in reg.note
+    assert reg.worse_pct == pytest.approx(25, abs=3)
 
 
-def test_round_times_compared_by_median_and_mean_with_iqr_and_stddev(micro):
+def test_samples_from_one_distribution_are_not_flagged(micro):
+    # Wide scatter (30 %): the two runs' values differ by chance, by more than the threshold here and there.
+    base = samples.with_samples(micro, n=10, scatter=0.3, seed=1)
+    new = samples.with_samples(micro, n=10, scatter=0.3, seed=2)
+    for run in (base, new):  # the value a run reports is its samples' median, as the suite's are
+        for b in run["benchmarks"]:
+            for f in b["extra_info"]["fom"].values():
+                f["value"] = float(np.median(f["samples"]))
+            b["stats"]["median"] = float(np.median(b["stats"]["data"]))
+    comp = compare_runs(base, new)
+    assert comp.ok and not comp.improvements
+    assert comp.noise, "the seeds should give some change past 10 % that the test calls noise"
+    assert all(r.tested and r.p_value is not None and r.p_value > 0.01 for r in comp.noise)
+    assert all("within noise (p=" in r.note for r in comp.noise)
+    # Without the test, the same chance differences fail the gate.
+    assert not compare_runs(base, new, noise_aware=False).ok
+
+
+def test_a_shifted_copy_of_wide_samples_is_noise():
+    base = samples.micro_run(backends=("redis",), sizes=(1024,), ops=("put",))
+    f = _bench(base)["extra_info"]["fom"]["put_latency_s"]
+    f["samples"] = [f["value"] * k for k in (0.5, 0.7, 0.9, 1.1, 1.3, 1.5)]
+    new = samples.worsen(base, "put_latency_s", 15)
+    [row] = _rows(compare_runs(base, new), "put_latency_s")
+    assert row.status == "noise" and row.p_value is not None and row.p_value > 0.5
+
+
+def test_too_few_samples_are_untested_and_judged_by_the_threshold(micro):
+    # One sample per rank from 2 ranks: no Mann-Whitney test can reach 1 % (its smallest p is 1/3).
+    assert min_p_value(2, 2) == pytest.approx(1 / 3)
+    assert min_p_value(10, 10) < 1e-4 and min_p_value(0, 5) == 1.0
+    base = samples.with_samples(micro, n=2, scatter=0.01)
+    comp = compare_runs(base, samples.worsen(base, "put_GBps", 25))
+    [reg] = comp.regressions
+    assert reg.metric == "put_GBps" and not reg.tested and "untested: 2 vs 2 samples cannot reach alpha" in reg.note
+    assert "1 verdict(s) untested" in comp.summary()
+
+
+def test_holm_rejects_step_down():
+    assert holm([0.001, 0.04, 0.03, 0.2], 0.05) == [True, False, False, False]
+    assert holm([0.001, 0.012, 0.02, 0.04], 0.05) == [True, True, True, True]
+    assert holm([], 0.05) == []
+
+
+def test_many_compared_metrics_raise_the_bar_of_each(micro):
+    """A p-value that passes alone does not when many metrics are tested (Holm over the comparison)."""
+    base = samples.with_samples(micro, n=6, scatter=0.02, seed=1)
+    new = samples.with_samples(micro, n=6, scatter=0.02, seed=2)
+    f = _bench(new)["extra_info"]["fom"]["put_GBps"]
+    f["samples"] = sorted(f["samples"])
+    base_f = _bench(base)["extra_info"]["fom"]["put_GBps"]
+    # Interleave so that the two sample sets overlap a little: p is small, but not tiny.
+    base_f["samples"] = [v * 1.3 for v in sorted(base_f["samples"])]
+    base_f["samples"][0] = (f["samples"][-1] + f["samples"][-2]) / 2  # one pair out of order: U = 1, p = 4/924
+    base_f["value"] = float(np.median(base_f["samples"]))
+    f["value"] = float(np.median(f["samples"]))
+    row = _rows(compare_runs(base, new), "put_GBps")[0]
+    assert row.p_value == pytest.approx(4 / 924)
+    assert row.status == "noise"  # 20 tested metrics: Holm's first level is 0.01 / 20
+    alone = [copy.deepcopy(_bench(r)) for r in (base, new)]
+    for b in alone:  # the one tested metric of its comparison: its level is 0.01
+        b["extra_info"]["fom"] = {"put_GBps": b["extra_info"]["fom"]["put_GBps"]}
+        del b["stats"]["data"]
+    assert _rows(compare_runs(*(samples.run_doc([b]) for b in alone)), "put_GBps")[0].status == "worse"
+
+
+def test_round_times_tested_on_stats_data(micro):
     new = copy.deepcopy(micro)
     s = _bench(new)["stats"]
     s["median"] *= 1.3
     s["mean"] *= 1.3
-    comp = compare_runs(micro, new)
+    comp = compare_runs(micro, new)  # no stats.data: judged on the threshold alone
     assert {r.metric for r in comp.regressions} == {"time.median", "time.mean"}
-    assert all(r.unit == "s" and r.better == "lower" for r in comp.regressions)
-    # Scatter as large as the difference: within noise for both.
-    s["iqr"] = s["stddev"] = s["median"]
-    comp = compare_runs(micro, new)
+    assert all(r.unit == "s" and r.better == "lower" and not r.tested for r in comp.regressions)
+    # Rounds that scatter as much as the difference: within noise for both.
+    base, new = copy.deepcopy(micro), copy.deepcopy(new)
+    _bench(base)["stats"]["data"] = [_bench(micro)["stats"]["median"] * k for k in (0.5, 0.8, 1.0, 1.2, 1.5, 2.0)]
+    _bench(new)["stats"]["data"] = [v * 1.1 for v in _bench(base)["stats"]["data"]]
+    comp = compare_runs(base, new)
     assert comp.ok and {r.metric for r in comp.noise} == {"time.median", "time.mean"}
-    assert "iqr" in _rows(comp, "time.median")[0].note and "stddev" in _rows(comp, "time.mean")[0].note
+    # Tight rounds, 30 % apart: tested and flagged.
+    _bench(base)["stats"]["data"] = samples.scattered(_bench(micro)["stats"]["median"], 20, 0.02, 1)
+    _bench(new)["stats"]["data"] = [v * 1.3 for v in samples.scattered(_bench(micro)["stats"]["median"], 20, 0.02, 2)]
+    comp = compare_runs(base, new)
+    assert {r.metric for r in comp.regressions} == {"time.median", "time.mean"}
+    assert all(r.tested for r in comp.regressions)
+
+
+def test_near_zero_skill_and_shares_are_judged_in_their_unit():
+    base = samples.mini_run()
+    new = copy.deepcopy(base)
+    fb, fn = (_bench(r)["extra_info"]["fom"] for r in (base, new))
+    fb["final_skill"]["value"], fn["final_skill"]["value"] = 0.01, -0.01  # -200 %, but 0.02 in skill
+    fb["sim_unaccounted_pct"]["value"], fn["sim_unaccounted_pct"]["value"] = 0.5, 1.2  # +140 %, 0.7 points
+    comp = compare_runs(base, new)
+    bench = _bench(base)["name"]
+    skill, share = (next(r for r in comp.rows if r.benchmark == bench and r.metric == m)
+                    for m in ("final_skill", "sim_unaccounted_pct"))
+    assert skill.status == share.status == "same" and comp.ok
+    assert skill.change_pct == pytest.approx(-200) and skill.margin == pytest.approx(0.05)
+    assert share.margin == pytest.approx(1.0)
+    # A skill that falls by 0.1 (0.6 -> 0.5, -17 %) and a share that grows by 3 points are worse.
+    fn["final_skill"]["value"], fn["sim_unaccounted_pct"]["value"] = 0.5, 3.5
+    fb["final_skill"]["value"] = 0.6
+    comp = compare_runs(base, new)
+    assert {(r.benchmark, r.metric) for r in comp.regressions} == {(bench, "final_skill"), (bench, "sim_unaccounted_pct")}
+    console = Console(record=True, width=220, color_system=None)
+    comp.render(console)
+    text = console.export_text()
+    assert "+3.00 pt" in text and "-0.100" in text and "by more than 1.00 pt" in text
+    # The floors are settings: a 0.01 floor for ratios makes the small skill change count.
+    fn["final_skill"]["value"], fb["final_skill"]["value"] = -0.01, 0.01
+    assert "final_skill" in {r.metric for r in compare_runs(base, new, floors={"final_skill": 0.01}).regressions}
 
 
 def test_round_times_can_be_shown_without_gating(micro):
@@ -126,16 +224,44 @@ def test_round_times_can_be_shown_without_gating(micro):
     assert _rows(comp, "time.median")[0].status == "worse"
 
 
-def test_matching_by_fullname_backend_and_params(micro):
+def test_matching_by_fullname_and_backend(micro):
     new = copy.deepcopy(micro)
     del new["benchmarks"][0]  # gone from the new run
     extra = copy.deepcopy(_bench(micro, 1))
-    extra["extra_info"]["simai"]["params"]["nbytes"] = 4096  # same fullname, other params: a different benchmark
+    extra["name"] = extra["name"].replace("1MiB", "2MiB")
+    extra["fullname"] = extra["fullname"].replace("1MiB", "2MiB")
     new["benchmarks"].append(extra)
     comp = compare_runs(micro, new)
     assert comp.only_base == ["test_put_get[redis-put-1KiB]"]
-    assert comp.only_new == ["test_put_get[redis-put-1MiB]"]
-    assert len({r.benchmark for r in comp.rows}) == 3
+    assert comp.only_new == ["test_put_get[redis-put-2MiB]"]
+    assert len({r.benchmark for r in comp.rows}) == 3 and not comp.not_comparable
+
+
+@pytest.mark.parametrize(("field", "value", "why"), [
+    ("world_size", 4, "world_size 2 vs 4"),
+    ("machine", "polaris", "machine 'local' vs 'polaris'"),
+])
+def test_another_world_size_or_machine_is_not_comparable(micro, field, value, why):
+    new = copy.deepcopy(micro)
+    for b in new["benchmarks"]:
+        b["extra_info"]["simai"][field] = value
+    comp = compare_runs(micro, samples.worsen(new, "put_GBps", 50))
+    assert not comp.rows and not comp.regressions  # never compared, so never a regression...
+    assert not comp.comparable and not comp.ok  # ...but not a pass either
+    assert len(comp.not_comparable) == 4 and all(w == why for _, w in comp.not_comparable)
+    assert "NOT COMPARABLE" in comp.summary()
+
+
+def test_other_params_are_not_comparable_and_the_rest_is_compared(micro):
+    new = copy.deepcopy(micro)
+    _bench(new, 1)["extra_info"]["simai"]["params"]["nbytes"] = 4096  # same test id, another message size
+    comp = compare_runs(micro, new)
+    assert comp.not_comparable == [("test_put_get[redis-put-1MiB]", "nbytes 1048576 vs 4096")]
+    assert len({r.benchmark for r in comp.rows}) == 3 and comp.comparable and comp.ok
+    assert any("1 benchmark(s) not comparable" in w for w in comp.warnings)
+    console = Console(record=True, width=200, color_system=None)
+    comp.render(console)
+    assert "not comparable: test_put_get[redis-put-1MiB] (nbytes 1048576 vs 4096)" in console.export_text()
 
 
 def test_more_rounds_or_another_raw_description_still_match(micro):

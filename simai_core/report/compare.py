@@ -1,30 +1,44 @@
 """Comparing two runs FOM by FOM: the regression gate.
 
-A benchmark of the new run is matched to the base run's by fullname, backend and
-simai params. Every FOM both have is compared in its ``better`` direction, and so are
-pytest-benchmark's median and mean round times (seconds, lower is better).
+Matching: a benchmark of the new run pairs with the base run's of the same fullname and
+backend. A pair whose world size, machine profile or params (other than ``rounds`` and
+``raw``) differ is *not comparable*: it is listed as such and never compared.
 
-A change beyond the threshold is a regression (or an improvement) unless it is within
-noise: the two runs' per-rank spreads of the FOM overlap, or the difference is no larger
-than the rounds' own scatter (IQR for the median and for FOMs, stddev for the mean).
+Every FOM both have is compared in its ``better`` direction, and so are pytest-benchmark's
+median and mean round times (seconds, lower is better). For each such metric:
+
+* **The smallest change that matters** is the threshold (``--threshold``, ``--fail-on``) as
+  a share of the base value; for shares and skills that sit near zero (``*_pct`` FOMs,
+  ``final_skill``) never less than an absolute floor in their own unit (:data:`ABS_FLOORS`:
+  1 percentage point, 0.05 of skill), where a relative change means nothing. A smaller
+  change is ``same``.
+* **Significance**: a two-sided Mann-Whitney U test of the two runs' samples (a FOM's
+  ``samples``; for round times pytest-benchmark's ``stats.data``), with Holm's correction
+  over every tested metric of the comparison at family-wise ``alpha`` (default 1 %): when
+  the rounds of both runs come from one distribution, the chance that the comparison calls
+  any of its metrics significant is at most ``alpha``.
+* A change that matters is ``worse`` or ``better`` when it is significant and ``noise``
+  when not. Where a side has no samples, or too few for the test ever to reach ``alpha``
+  (e.g. one sample per rank from 2 ranks), the verdict rests on the threshold alone and
+  the row says ``untested``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
-from functools import partial
+from functools import lru_cache
 from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from scipy.stats import mannwhitneyu
 
-from simai_core.fom import Fom
 from simai_core.report.loading import Bench, ReportInputError, Run, as_run
-from simai_core.report.units import format_change, format_value
+from simai_core.report.units import format_change, format_value, sig
 
 Status = Literal["worse", "better", "noise", "same", "n/a"]
 # Mark per status, in the manner of asv compare: + worse, - better, ~ within noise.
@@ -36,6 +50,10 @@ MARKS: dict[str, tuple[str, str]] = {
     "n/a": ("?", "dim"),
 }
 STAT_METRICS = ("median", "mean")
+#: Family-wise false-alarm rate of one comparison's significance tests.
+DEFAULT_ALPHA = 0.01
+#: FOMs (name globs) judged by their absolute difference near zero: the smallest change that matters, in the unit.
+ABS_FLOORS: dict[str, float] = {"*_pct": 1.0, "*skill*": 0.05}
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,20 @@ class Row:
     status: Status
     note: str = ""
     gating: bool = True  # counts towards the exit status when worse
+    margin: float = 0.0  # the smallest change that matters, in the unit
+    p_value: float | None = None  # two-sided Mann-Whitney U; None when untested
+    n_samples: tuple[int, int] = (0, 0)  # sample counts, base and new
+    floor: float | None = None  # absolute floor of the change, for FOMs judged in their unit
+
+    @property
+    def absolute(self) -> bool:
+        """True when the change is judged (and shown) as a difference in the unit."""
+        return self.floor is not None
+
+    @property
+    def tested(self) -> bool:
+        """True when the samples were tested, False when the verdict rests on the threshold alone."""
+        return self.p_value is not None
 
 
 @dataclass
@@ -64,38 +96,51 @@ class Comparison:
     base_label: str
     new_label: str
     threshold_pct: float
+    alpha: float = DEFAULT_ALPHA
     rows: list[Row] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
+    not_comparable: list[tuple[str, str]] = field(default_factory=list)  # (benchmark, why)
 
     @property
     def regressions(self) -> list[Row]:
-        """Rows worse than their threshold and not within noise."""
+        """Gating rows judged worse."""
         return [r for r in self.rows if r.status == "worse" and r.gating]
 
     @property
     def improvements(self) -> list[Row]:
-        """Rows better than their threshold and not within noise."""
+        """Rows judged better."""
         return [r for r in self.rows if r.status == "better"]
 
     @property
     def noise(self) -> list[Row]:
-        """Rows past the threshold but within noise."""
+        """Rows past the threshold but not significant."""
         return [r for r in self.rows if r.status == "noise"]
 
     @property
+    def comparable(self) -> bool:
+        """False when every paired benchmark differs in world size, machine or params."""
+        return bool(self.rows) or not self.not_comparable
+
+    @property
     def ok(self) -> bool:
-        """True when nothing regressed."""
-        return not self.regressions
+        """True when something was compared and nothing regressed."""
+        return self.comparable and not self.regressions
 
     def summary(self) -> str:
         """One line: counts per status and the verdict."""
         counts = {s: sum(r.status == s for r in self.rows) for s in MARKS}
-        verdict = "OK" if self.ok else f"FAIL: {len(self.regressions)} regression(s)"
+        untested = sum(r.status in ("worse", "better") and not r.tested for r in self.rows)
+        if not self.comparable:
+            verdict = "NOT COMPARABLE"
+        else:
+            verdict = "OK" if self.ok else f"FAIL: {len(self.regressions)} regression(s)"
+        extra = f", {len(self.not_comparable)} benchmark(s) not comparable" if self.not_comparable else ""
         return (
             f"{self.new_label} vs {self.base_label}: {counts['worse']} worse, {counts['better']} better, "
-            f"{counts['noise']} within noise, {counts['same']} unchanged (threshold {self.threshold_pct:g} %) — {verdict}"
+            f"{counts['noise']} within noise, {counts['same']} unchanged{extra} "
+            f"(threshold {self.threshold_pct:g} %, alpha {self.alpha:g}; {untested} verdict(s) untested) — {verdict}"
         )
 
     def render(self, console: Console, only_changed: bool = False) -> None:
@@ -105,6 +150,8 @@ class Comparison:
         rows = [r for r in self.rows if r.status != "same"] if only_changed else self.rows
         if rows:
             console.print(_table(self, rows))
+        for name, why in self.not_comparable:
+            console.print(Text(f"not comparable: {name} ({why})", style="bold yellow"), soft_wrap=True)
         for label, names in ((self.base_label, self.only_base), (self.new_label, self.only_new)):
             if names:
                 console.print(Text(f"only in {label} ({len(names)}): " + ", ".join(names[:8]), style="dim"), soft_wrap=True)
@@ -114,8 +161,16 @@ class Comparison:
         console.print(Text(self.summary(), style="bold green" if self.ok else "bold red"), soft_wrap=True)
 
 
+def format_row_change(row: Row) -> str:
+    """The change as judged: a difference in the unit for FOMs with an absolute floor, else relative."""
+    if row.absolute and row.change_pct is not None and math.isfinite(row.new - row.base):
+        diff = row.new - row.base
+        return f"{'+' if diff >= 0 else ''}{sig(diff)}{' pt' if row.unit == '%' else ''}"
+    return format_change(row.change_pct)
+
+
 def _values(row: Row) -> str:
-    return f"{format_value(row.base, row.unit)} -> {format_value(row.new, row.unit)}, {format_change(row.change_pct)}"
+    return f"{format_value(row.base, row.unit)} -> {format_value(row.new, row.unit)}, {format_row_change(row)}"
 
 
 def _table(comp: Comparison, rows: list[Row]) -> Table:
@@ -130,7 +185,7 @@ def _table(comp: Comparison, rows: list[Row]) -> Table:
         table.add_row(
             Text(mark, style=style), Text(row.benchmark if first else ""), Text(row.metric),
             Text(format_value(row.base, row.unit)), Text(format_value(row.new, row.unit)),
-            Text(format_change(row.change_pct), style=style), Text(row.note, style=style or "dim"),
+            Text(format_row_change(row), style=style), Text(row.note, style=style or "dim"),
             end_section=last,
         )
     return table
@@ -146,6 +201,14 @@ def threshold_for(metric: str, default_pct: float, fail_on: Mapping[str, float] 
     return min(matches) if matches else default_pct
 
 
+def floor_for(metric: str, floors: Mapping[str, float]) -> float | None:
+    """The absolute floor of a metric: its exact entry, else the strictest (smallest) matching glob, else None."""
+    if metric in floors:
+        return floors[metric]
+    matches = [v for pattern, v in floors.items() if fnmatchcase(metric, pattern)]
+    return min(matches) if matches else None
+
+
 def relative_change(base: float, new: float) -> float:
     """(new - base) / |base| in percent; ±inf when only the base is zero."""
     if base == 0:
@@ -153,82 +216,109 @@ def relative_change(base: float, new: float) -> float:
     return (new - base) / abs(base) * 100.0
 
 
-def _round_noise_pct(bench: Bench) -> float:
-    """The rounds' relative scatter (IQR / median) in percent; 0 for a single round."""
-    s = bench.stats
-    if s.get("rounds", 0) < 2 or not s.get("median"):
-        return 0.0
-    return 100.0 * s.get("iqr", 0.0) / s["median"]
+def min_p_value(n1: int, n2: int) -> float:
+    """The smallest two-sided p-value an exact Mann-Whitney U test can reach with these sample sizes."""
+    return min(1.0, 2.0 / math.comb(n1 + n2, n1)) if n1 and n2 else 1.0
 
 
-def _fom_noise(base: Fom, new: Fom, worse: float, b: Bench, n: Bench) -> str:
-    """Why a FOM change counts as noise ('' when it does not)."""
-    if max(base.ranks.min, new.ranks.min) <= min(base.ranks.max, new.ranks.max):
-        return "within noise: rank spreads overlap"
-    scatter = max(_round_noise_pct(b), _round_noise_pct(n))
-    if abs(worse) <= scatter:
-        return f"within noise: rounds scatter ±{scatter:.1f} %"
-    return ""
+def mann_whitney_p(base: Sequence[float], new: Sequence[float]) -> float:
+    """Two-sided Mann-Whitney U p-value (exact for small samples without ties, else normal with tie correction)."""
+    return _mann_whitney_p(tuple(base), tuple(new))
 
 
-def _stat_noise(metric: str, b: Bench, n: Bench, worse: float = 0.0) -> str:
-    """Why a timing change counts as noise: the difference is within the rounds' IQR (median) or stddev (mean)."""
-    spread_key = "iqr" if metric == "median" else "stddev"
-    spread = max(b.stats.get(spread_key, 0.0), n.stats.get(spread_key, 0.0))
-    if abs(n.stats[metric] - b.stats[metric]) <= spread:
-        return f"within noise: |Δ| <= {spread_key}"
-    return ""
+@lru_cache(maxsize=4096)  # gate-check compares the same samples many times over
+def _mann_whitney_p(base: tuple[float, ...], new: tuple[float, ...]) -> float:
+    p = float(mannwhitneyu(base, new, alternative="two-sided").pvalue)
+    return 1.0 if math.isnan(p) else p  # all values tied: nothing tells the runs apart
 
 
-def _status(worse: float | None, threshold: float, noise: str) -> tuple[Status, str]:
-    if worse is None or math.isnan(worse):
-        return "n/a", "not comparable"
-    if abs(worse) <= threshold:
-        return "same", ""
-    if noise:
-        return "noise", noise
-    if worse > 0:
-        return "worse", f"worse by more than {threshold:g} %"
-    return "better", f"better by more than {threshold:g} %"
+def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
+    """Holm's step-down procedure: which hypotheses to reject at family-wise level ``alpha``."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    for step, i in enumerate(order):
+        if p_values[i] > alpha / (len(p_values) - step):
+            break
+        rejected[i] = True
+    return rejected
 
 
-def _row(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, better: str, base: float, new: float,
-         threshold: float, noise_of: Callable[[float], str], gating: bool) -> Row:
-    if math.isnan(base) or math.isnan(new):
-        change = worse = None
-    else:
-        change = relative_change(base, new)
-        worse = -change if better == "higher" else change
-    noise = noise_of(worse) if worse is not None and abs(worse) > threshold else ""
-    status, note = _status(worse, threshold, noise)
-    return Row(label, metric, kind, unit, better, base, new, change, worse, threshold, status, note, gating)
+@dataclass(frozen=True)
+class Settings:
+    """How one comparison decides: thresholds, floors, the test's level and what gates."""
+
+    threshold_pct: float = 10.0
+    fail_on: Mapping[str, float] | None = None
+    alpha: float = DEFAULT_ALPHA
+    floors: Mapping[str, float] = field(default_factory=lambda: dict(ABS_FLOORS))
+    gate_stats: bool = True
+    noise_aware: bool = True
 
 
-def _no_noise(worse: float) -> str:
-    return ""
+def _pending(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, better: str,
+             base: tuple[float, Sequence[float] | None], new: tuple[float, Sequence[float] | None],
+             cfg: Settings, gating: bool) -> Row:
+    """A row with its change, margin and p-value; the status is decided once all p-values are known."""
+    (bv, bs), (nv, ns) = base, new
+    thr = threshold_for(metric, cfg.threshold_pct, cfg.fail_on)
+    sizes = (len(bs or ()), len(ns or ()))
+    if math.isnan(bv) or math.isnan(nv):
+        return Row(label, metric, kind, unit, better, bv, nv, None, None, thr, "n/a", "no value (NaN)",
+                   gating, n_samples=sizes)
+    change = relative_change(bv, nv)
+    floor = floor_for(metric, cfg.floors) if kind == "fom" else None
+    margin = max(floor or 0.0, thr / 100.0 * abs(bv))
+    p = None
+    if bs and ns and min_p_value(*sizes) <= cfg.alpha:
+        p = mann_whitney_p(bs, ns)
+    return Row(label, metric, kind, unit, better, bv, nv, change, -change if better == "higher" else change, thr,
+               "same", "", gating, margin, p, sizes, floor)
 
 
-def compare_benches(label: str, b: Bench, n: Bench, threshold_pct: float, fail_on: Mapping[str, float] | None,
-                    gate_stats: bool = True, noise_aware: bool = True) -> list[Row]:
-    """Rows for one matched pair: every shared FOM, then the median and mean round times."""
+def _decide(row: Row, significant: bool, noise_aware: bool) -> Row:
+    """The row's status: same within the margin, else worse/better when significant (or untested), else noise."""
+    if row.status == "n/a" or row.worse_pct is None:
+        return row
+    if abs(row.new - row.base) <= row.margin:
+        return replace(row, status="same")
+    direction: Status = "worse" if row.worse_pct > 0 else "better"
+    size = f"by more than {sig(row.margin)}{' pt' if row.unit == '%' else ''}" if row.absolute \
+        else f"by more than {row.threshold_pct:g} %"
+    if not row.tested:
+        nb, nn = row.n_samples
+        why = f"{nb} vs {nn} samples cannot reach alpha" if nb and nn else "no samples"
+        return replace(row, status=direction, note=f"{direction} {size}, untested: {why}")
+    p = f"p={row.p_value:.2g}"
+    if significant or not noise_aware:
+        return replace(row, status=direction, note=f"{direction} {size} ({p})")
+    return replace(row, status="noise", note=f"within noise ({p}, not significant at Holm's level)")
+
+
+def _bench_rows(label: str, b: Bench, n: Bench, cfg: Settings) -> list[Row]:
+    """Pending rows for one matched pair: every shared FOM, one-sided FOMs, then the round times."""
     rows = []
     for name in (k for k in b.foms if k in n.foms):
         fb, fn = b.foms[name], n.foms[name]
-        thr = threshold_for(name, threshold_pct, fail_on)
-        noise = partial(_fom_noise, fb, fn, b=b, n=n) if noise_aware else _no_noise
-        rows.append(_row(label, name, "fom", fb.unit, fb.better, fb.value, fn.value, thr, noise, True))
+        rows.append(_pending(label, name, "fom", fb.unit, fb.better, (fb.value, fb.samples), (fn.value, fn.samples),
+                             cfg, True))
     for name in (k for k in {**b.foms, **n.foms} if (k in b.foms) != (k in n.foms)):
         fom = b.foms.get(name) or n.foms[name]
         base, new = (b.foms[name].value, math.nan) if name in b.foms else (math.nan, n.foms[name].value)
         note = "only in the base run" if name in b.foms else "only in the new run"
-        rows.append(Row(label, name, "fom", fom.unit, fom.better, base, new, None, None, threshold_pct, "n/a", note))
+        rows.append(Row(label, name, "fom", fom.unit, fom.better, base, new, None, None, cfg.threshold_pct, "n/a",
+                        note))
     for stat in STAT_METRICS:
         if stat in b.stats and stat in n.stats:
-            metric = f"time.{stat}"
-            thr = threshold_for(metric, threshold_pct, fail_on)
-            noise = partial(_stat_noise, stat, b, n) if noise_aware else _no_noise
-            rows.append(_row(label, metric, "stat", "s", "lower", b.stats[stat], n.stats[stat], thr, noise, gate_stats))
+            rows.append(_pending(label, f"time.{stat}", "stat", "s", "lower", (b.stats[stat], b.round_times),
+                                 (n.stats[stat], n.round_times), cfg, cfg.gate_stats))
     return rows
+
+
+def decide_rows(rows: list[Row], cfg: Settings) -> list[Row]:
+    """Decide every row's status, with Holm's correction over the tested rows of one comparison."""
+    tested = [i for i, r in enumerate(rows) if r.tested]
+    rejected = dict(zip(tested, holm([rows[i].p_value or 1.0 for i in tested], cfg.alpha), strict=True))
+    return [_decide(r, rejected.get(i, False), cfg.noise_aware) for i, r in enumerate(rows)]
 
 
 def _index(run: Run, ignore_backend: bool) -> dict[tuple[str, ...], Bench]:
@@ -280,26 +370,41 @@ def compare_runs(
     gate_stats: bool = True,
     ignore_backend: bool = False,
     noise_aware: bool = True,
+    alpha: float = DEFAULT_ALPHA,
+    floors: Mapping[str, float] | None = None,
 ) -> Comparison:
     """Compare ``new`` against ``base`` (JSON dicts or loaded runs).
 
     ``fail_on`` maps FOM names (or globs such as ``*_GBps``, or ``time.median``) to their own
-    threshold in percent. ``gate_stats=False`` shows round times without failing on them;
-    ``noise_aware=False`` fails on any change past the threshold, noise or not.
-    Raises :class:`ReportInputError` when no benchmark matches.
+    threshold in percent; ``floors`` maps FOM names or globs to their absolute floor in the FOM's unit
+    (default :data:`ABS_FLOORS`).
+    ``gate_stats=False`` shows round times without failing on them; ``noise_aware=False`` fails on
+    any change past the threshold, significant or not; ``alpha`` is the family-wise false-alarm rate
+    of the tests. Raises :class:`ReportInputError` when no benchmark pairs up by name and backend.
     """
+    cfg = Settings(threshold_pct, fail_on, alpha, dict(ABS_FLOORS if floors is None else floors), gate_stats,
+                   noise_aware)
     base_run, new_run = as_run(base, "base"), as_run(new, "new")
     bi, ni = _index(base_run, ignore_backend), _index(new_run, ignore_backend)
     matched = [k for k in bi if k in ni]
     if not matched:
         raise ReportInputError(
-            f"no benchmark of {new_run.label} matches one of {base_run.label} by name, backend and params "
+            f"no benchmark of {new_run.label} matches one of {base_run.label} by name and backend "
             f"({len(bi)} vs {len(ni)} benchmarks)"
         )
-    comp = Comparison(base_run.label, new_run.label, threshold_pct, warnings=machine_warnings(base_run, new_run))
+    comp = Comparison(base_run.label, new_run.label, threshold_pct, alpha,
+                      warnings=machine_warnings(base_run, new_run))
+    rows = []
     for key in matched:
         b, n = bi[key], ni[key]
-        comp.rows.extend(compare_benches(_label(b, n), b, n, threshold_pct, fail_on, gate_stats, noise_aware))
+        why = b.mismatch(n)
+        if why:
+            comp.not_comparable.append((_label(b, n), why))
+        else:
+            rows.extend(_bench_rows(_label(b, n), b, n, cfg))
+    comp.rows = decide_rows(rows, cfg)
     comp.only_base = [bi[k].name for k in bi if k not in ni]
     comp.only_new = [ni[k].name for k in ni if k not in bi]
+    if comp.not_comparable and comp.rows:
+        comp.warnings.append(f"{len(comp.not_comparable)} benchmark(s) not comparable (listed below), not compared")
     return comp

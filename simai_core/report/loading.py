@@ -19,7 +19,7 @@ from simai_core.fom import SCHEMA_VERSION, Fom, RunInfo
 
 DEFAULT_STORAGE = Path(".benchmarks")
 # Measurement settings and descriptions in simai.params: a run with more rounds still measures the same thing.
-NON_IDENTITY_PARAMS = ("rounds", "raw")
+NON_IDENTITY_PARAMS = ("rounds", "raw", "references")  # how it was measured, not what
 _RUN_FILE = re.compile(r"^(\d{4})_.*\.json$")
 
 
@@ -65,16 +65,48 @@ class Bench:
         """The test function's name without its parametrisation: ``test_put_get``."""
         return self.name.split("[", 1)[0]
 
-    def key(self, ignore_backend: bool = False) -> tuple[str, ...]:
-        """What identifies this benchmark across runs: fullname, backend and params.
+    @property
+    def world_size(self) -> int | None:
+        """MPI ranks the benchmark ran on (None for a plain pytest-benchmark test)."""
+        return self.simai.world_size if self.simai else None
 
-        With ``ignore_backend`` the fullname loses its ``[...]`` id (which names the backend)
-        so that runs of two backends can be set side by side.
+    @property
+    def machine(self) -> str | None:
+        """The machine profile the benchmark ran with (None for a plain pytest-benchmark test)."""
+        return self.simai.machine if self.simai else None
+
+    @property
+    def round_times(self) -> list[float] | None:
+        """pytest-benchmark's per-round times (``stats.data``, rank 0), when the JSON holds them.
+
+        ``--benchmark-json`` always writes them; ``--benchmark-save``/``--benchmark-autosave``
+        only with ``--benchmark-save-data``.
         """
-        params = json.dumps(self.identity_params, sort_keys=True, default=str)
+        data = self.raw["stats"].get("data")
+        if not isinstance(data, list) or not all(isinstance(x, (int, float)) for x in data):
+            return None
+        return [float(x) for x in data]
+
+    def key(self, ignore_backend: bool = False) -> tuple[str, ...]:
+        """What pairs this benchmark with its counterpart in another run: fullname and backend.
+
+        With ``ignore_backend`` the fullname loses its ``[...]`` id (which names the backend),
+        and the params tell the benchmarks apart, so that runs of two backends can be set side by side.
+        Whether a pair may be compared at all is :meth:`mismatch`'s question.
+        """
         if ignore_backend and self.simai:
-            return (self.fullname.split("[", 1)[0], params)
-        return (self.fullname, self.backend or "", params)
+            return (self.fullname.split("[", 1)[0], json.dumps(self.identity_params, sort_keys=True, default=str))
+        return (self.fullname, self.backend or "")
+
+    def mismatch(self, other: Bench) -> str:
+        """Why ``other`` did not measure the same thing ('' when it did): world size, machine or params."""
+        diffs = [f"{name} {a!r} vs {b!r}" for name, a, b in (("world_size", self.world_size, other.world_size),
+                                                             ("machine", self.machine, other.machine)) if a != b]
+        mine, theirs = self.identity_params, other.identity_params
+        for k in sorted(set(mine) | set(theirs), key=str):
+            if mine.get(k) != theirs.get(k):
+                diffs.append(f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}")
+        return "; ".join(diffs)
 
 
 @dataclass

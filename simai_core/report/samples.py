@@ -1,7 +1,9 @@
 """Synthetic but realistic benchmark runs in the suite's JSON schema, for tests and demos.
 
 Micro runs model a put/get sweep as ``latency = overhead + nbytes / bandwidth`` per backend;
-mini runs carry an overhead breakdown, an outcome and an events sidecar.
+mini runs carry an overhead breakdown, an outcome and an events sidecar. :func:`with_samples`
+gives every FOM (and the round times) samples scattered around its value, as the suite
+records them, for the regression gate's tests.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import copy
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from simai_core.events import write_events
 from simai_core.sizes import format_size
@@ -91,6 +95,7 @@ def mini_bench(backend: str, deployment: str, model: str, events: str | None = N
         foms[f"{comp}_compute_pct"] = fom(100 - sum(f["value"] for k, f in foms.items()
                                                  if k.startswith(comp) and not k.endswith("overhead_pct")), "%", "lower")
     foms["workflow_s"] = fom(4.0 * weight, "s", "lower")
+    foms["final_skill"] = fom(0.6, "ratio", "higher", 0.05)
     simai = {"level": "mini", "motif": "sim_train", "backend": backend, "deployment": deployment,
              "params": {"model": model, "problem": "heat2d", "deployment": deployment},
              "outcome": {"converged": True, "reason": "mse below tolerance", "final_mse": 2e-4, "tolerance": 1e-3}}
@@ -149,4 +154,26 @@ def worsen(run: dict[str, Any], fom_name: str, pct: float, bench_index: int = 0)
     factor = 1 + pct / 100 if f["better"] == "lower" else 1 - pct / 100
     f["value"] *= factor
     f["ranks"] = {k: v * factor for k, v in f["ranks"].items()}
+    if f.get("samples"):
+        f["samples"] = [v * factor for v in f["samples"]]
+    return out
+
+
+def scattered(value: float, n: int, scatter: float, seed: int) -> list[float]:
+    """``n`` samples normally scattered around ``value`` (relative standard deviation ``scatter``)."""
+    rng = np.random.default_rng(seed)
+    return [float(v) for v in value * (1 + scatter * rng.standard_normal(n))]
+
+
+def with_samples(run: dict[str, Any], n: int = 20, scatter: float = 0.02, seed: int = 0) -> dict[str, Any]:
+    """A copy of ``run`` whose FOMs and round times carry ``n`` samples each, scattered around their values.
+
+    Each benchmark and FOM draws from its own seed (``seed`` plus its position), so two calls
+    with different seeds give two runs from one distribution.
+    """
+    out = copy.deepcopy(run)
+    for i, b in enumerate(out["benchmarks"]):
+        for j, f in enumerate(b["extra_info"]["fom"].values()):
+            f["samples"] = scattered(f["value"], n, scatter, seed * 100_003 + i * 101 + j)
+        b["stats"]["data"] = scattered(b["stats"]["median"], n, scatter, seed * 100_003 + i * 101 + 99)
     return out

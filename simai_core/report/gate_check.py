@@ -1,0 +1,172 @@
+"""Measuring the regression gate on real runs of one benchmark command: false alarms and detections.
+
+Given N runs of the same command on the same machine (``simai-bench gate-check RUN...``),
+every pair ``(i, j)``, ``i < j``, is compared twice with :func:`compare_runs`, run ``i`` as
+the base:
+
+* **as measured**: the runs differ by chance only, so any regression is a *false alarm*;
+* **with a synthetic change**: run ``j``'s FOMs and round times (value, rank spread,
+  samples, ``stats.data``) moved ``change_pct`` percent in their bad direction (lower-better
+  figures times 1.25, higher-better times 0.75 for 25 %). The pair is *detected* when the
+  comparison fails (exit 1 of ``simai-bench compare``).
+
+Then, per metric, the change is injected into that metric alone (every other figure as
+measured), and the metric counts as detected in that pair when its row is judged worse.
+A metric whose injected change is no larger than its own margin (an absolute floor such as
+1 point for a ``%`` FOM near zero) cannot be flagged by design and is counted apart.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from simai_core.report.compare import Comparison, compare_runs
+from simai_core.report.loading import Run, parse_run
+
+MetricKey = tuple[str, str]  # (benchmark label, metric)
+# Round-time statistics that scale with the round times; ``ops`` scales inversely.
+_SCALED_STATS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "ld15iqr", "hd15iqr", "total")
+
+
+def _factor(better: str, pct: float) -> float:
+    return 1 + pct / 100 if better == "lower" else 1 - pct / 100
+
+
+def _scale_fom(fom: dict[str, Any], pct: float) -> None:
+    k = _factor(fom["better"], pct)
+    fom["value"] *= k
+    fom["ranks"] = {name: v * k for name, v in fom["ranks"].items()}
+    if fom.get("samples"):
+        fom["samples"] = [v * k for v in fom["samples"]]
+
+
+def _scale_stats(stats: dict[str, Any], pct: float) -> None:
+    k = _factor("lower", pct)
+    for name in _SCALED_STATS:
+        if isinstance(stats.get(name), (int, float)):
+            stats[name] *= k
+    if stats.get("ops"):
+        stats["ops"] /= k
+    if isinstance(stats.get("data"), list):
+        stats["data"] = [v * k for v in stats["data"]]
+
+
+def inject(run: Run, pct: float, only: MetricKey | None = None) -> Run:
+    """A copy of ``run`` with its FOMs and round times (or only the metric ``only``) ``pct`` % worse."""
+    data = copy.deepcopy(run.data)
+    for bench in data["benchmarks"]:
+        name = bench.get("name") or bench.get("fullname")
+        foms = (bench.get("extra_info") or {}).get("fom") or {}
+        for metric, fom in foms.items():
+            if only is None or only == (name, metric):
+                _scale_fom(fom, pct)
+        if only is None or (only[0] == name and only[1].startswith("time.")):
+            _scale_stats(bench["stats"], pct)
+    return parse_run(data, label=f"{run.label}{pct:+g}%", path=run.path)
+
+
+@dataclass
+class MetricCount:
+    """How often one metric was flagged: as measured (false alarms) and with the change injected alone."""
+
+    false_alarms: int = 0
+    detected: int = 0
+    pairs: int = 0
+    below_margin: int = 0  # pairs where the injected change is within the metric's own margin
+
+
+@dataclass
+class GateReport:
+    """Counts over all pairs of runs."""
+
+    change_pct: float
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    false_alarm_pairs: int = 0
+    false_improvement_pairs: int = 0
+    detected_pairs: int = 0
+    metrics: dict[MetricKey, MetricCount] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def metric_detections(self) -> tuple[int, int]:
+        """(detected, eligible) over every metric and pair, eligible = the change exceeds the metric's margin."""
+        eligible = sum(m.pairs - m.below_margin for m in self.metrics.values())
+        return sum(m.detected for m in self.metrics.values()), eligible
+
+    @property
+    def target_met(self) -> bool:
+        """No false alarm, and at least 90 % of the pairs detected."""
+        return self.false_alarm_pairs == 0 and self.detected_pairs >= 0.9 * len(self.pairs)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts as plain JSON."""
+        detected, eligible = self.metric_detections
+        return {"change_pct": self.change_pct, "pairs": len(self.pairs), "false_alarm_pairs": self.false_alarm_pairs,
+                "false_improvement_pairs": self.false_improvement_pairs, "detected_pairs": self.detected_pairs,
+                "metric_detections": detected, "metric_detections_eligible": eligible,
+                "metrics": {f"{b} {m}": vars(c) for (b, m), c in self.metrics.items()}}
+
+    def render(self, console: Console, all_metrics: bool = False) -> None:
+        """The per-metric table (metrics with a false alarm or a miss, or all) and the totals."""
+        table = Table(title=Text(f"gate check: {len(self.pairs)} pairs, change {self.change_pct:g} %"),
+                      title_justify="left")
+        for header in ("benchmark", "metric", "false alarms", "detected alone", "within margin"):
+            table.add_column(Text(header), justify="left" if header in ("benchmark", "metric") else "right")
+        for (bench, metric), c in self.metrics.items():
+            if all_metrics or c.false_alarms or c.detected < c.pairs - c.below_margin:
+                table.add_row(Text(bench), Text(metric), str(c.false_alarms),
+                              f"{c.detected}/{c.pairs - c.below_margin}", str(c.below_margin))
+        if table.row_count:
+            console.print(table)
+        for note in self.notes:
+            console.print(Text(note, style="yellow"), soft_wrap=True)
+        detected, eligible = self.metric_detections
+        n = len(self.pairs)
+        console.print(Text(
+            f"false alarms: {self.false_alarm_pairs} of {n} pairs (false improvements: {self.false_improvement_pairs}); "
+            f"detections, every figure {self.change_pct:g} % worse: {self.detected_pairs} of {n} pairs; "
+            f"one metric at a time: {detected} of {eligible} (metric, pair) cases",
+            style="bold green" if self.target_met else "bold red"), soft_wrap=True)
+
+
+def _rows_by_key(comp: Comparison) -> dict[MetricKey, Any]:
+    return {(r.benchmark, r.metric): r for r in comp.rows}
+
+
+def _check_pair(report: GateReport, base: Run, new: Run, options: dict[str, Any]) -> None:
+    measured = compare_runs(base, new, **options)
+    report.false_alarm_pairs += bool(measured.regressions)
+    report.false_improvement_pairs += bool(measured.improvements)
+    report.detected_pairs += bool(compare_runs(base, inject(new, report.change_pct), **options).regressions)
+    for key, row in _rows_by_key(measured).items():
+        if row.status == "n/a" or not row.gating:
+            continue
+        count = report.metrics.setdefault(key, MetricCount())
+        count.pairs += 1
+        count.false_alarms += row.status == "worse"
+        if abs(row.new) * report.change_pct / 100 <= row.margin:
+            count.below_margin += 1
+            continue
+        # The injected metric keeps the benchmark name of the new run (the key's label may read "a -> b").
+        new_name = key[0].split(" -> ")[-1]
+        alone = _rows_by_key(compare_runs(base, inject(new, report.change_pct, (new_name, key[1])), **options))
+        count.detected += alone[key].status == "worse"
+
+
+def gate_check(runs: Sequence[Run], change_pct: float = 25.0, **options: Any) -> GateReport:
+    """Count false alarms and detections over every pair of ``runs`` (options go to :func:`compare_runs`)."""
+    report = GateReport(change_pct)
+    for i, j in combinations(range(len(runs)), 2):
+        report.pairs.append((runs[i].label, runs[j].label))
+        _check_pair(report, runs[i], runs[j], options)
+    if not report.pairs:
+        report.notes.append("fewer than two runs: nothing to pair")
+    return report
