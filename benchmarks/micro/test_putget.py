@@ -62,5 +62,5 @@ def test_tensor(benchmark, backend, staging, staging_pool, simai_run, nbytes, op
     assert out is not None and np.array_equal(out, data)
 
     params = {"op": op, "nbytes": nbytes, "rounds": rounds, "raw": refs["raw"].description,
-              **{f"ref_{name}": ref.description for name, ref in refs.items() if name != "raw"}}
+              "references": {name: ref.description for name, ref in refs.items() if name != "raw"}}
     record(benchmark, simai_run(backend, params), **paired_throughput(op, timing, nbytes / 1e9))

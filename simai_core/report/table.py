@@ -6,7 +6,7 @@ returns plain strings and the renderers only lay them out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -19,6 +19,9 @@ from simai_core.report.units import format_params, format_range, format_value
 
 _FIXED = ("benchmark", "backend", "params")
 MAX_FOM_COLUMNS = 6  # more FOMs than this are split over several tables that fit a terminal
+# What a reader of a put/get sweep looks for first, side by side: the backend, the raw limit, their ratio.
+HEADLINE = ("GBps", "raw_GBps", "vs_raw")
+_LOG_WIDTH = 240  # the widest a table gets when the output is a file or a CI log, not a terminal
 
 
 @dataclass
@@ -28,6 +31,7 @@ class FomGrid:
     title: str
     headers: list[str]
     rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)  # what the reference paths were, once per table
 
 
 def fom_column(bench: Bench, name: str) -> str:
@@ -61,10 +65,23 @@ def _params_cell(bench: Bench) -> str:
 
 
 def _columns(benches: list[Bench]) -> list[str]:
+    """Every FOM column, in first-seen order, the :data:`HEADLINE` ones first."""
     columns: list[str] = []
     for bench in benches:
         columns += [c for c in (fom_column(bench, n) for n in bench.foms) if c not in columns]
-    return columns
+    return [c for c in HEADLINE if c in columns] + [c for c in columns if c not in HEADLINE]
+
+
+def _reference_notes(benches: list[Bench]) -> list[str]:
+    """One line per backend and reference path: what ``raw`` (and ``redispy``...) meant."""
+    notes: list[str] = []
+    for bench in benches:
+        refs = {"raw": bench.params.get("raw"), **(bench.params.get("references") or {})}
+        for name, text in refs.items():
+            line = f"{bench.backend or '-'} {name}: {text}"
+            if isinstance(text, str) and line not in notes:
+                notes.append(line)
+    return notes
 
 
 def _affixes(columns: list[str]) -> tuple[str, str]:
@@ -93,13 +110,16 @@ def grid(benches: list[Bench], title: str, columns: list[str] | None = None) -> 
     headers = [c[len(prefix) : len(c) - len(suffix)] for c in columns]
     if prefix or suffix:
         title += f": {prefix}*{suffix}"
-    return FomGrid(title, list(_FIXED) + headers, rows)
+    return FomGrid(title, list(_FIXED) + headers, rows, _reference_notes(benches))
 
 
 def column_chunks(columns: list[str], limit: int = MAX_FOM_COLUMNS) -> list[list[str]]:
     """Split many FOM columns into tables of at most ``limit``: a prefix family (``sim_*``) per table, the rest together."""
     if len(columns) <= limit:
         return [columns]
+    headline = [c for c in HEADLINE if c in columns]
+    if headline:  # the headline together in the first table
+        return [headline, *column_chunks([c for c in columns if c not in headline], limit)]
     by_prefix: dict[str, list[str]] = {}
     for c in columns:
         by_prefix.setdefault(c.split("_", 1)[0], []).append(c)
@@ -157,11 +177,26 @@ def fom_table(run: Run | dict[str, Any]) -> Table:
 def print_fom_table(run: Run | dict[str, Any], console: Console | None = None) -> None:
     """Print the FOM tables of a run, one per benchmark level and motif, with the machine it ran on."""
     run = as_run(run)
-    console = console or Console()
+    grids = fom_grids(run)
+    tables = [_rich(g) for g in grids]
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a file or a CI log: as wide as the tables need, not 80 columns
+            console = Console(width=min(_LOG_WIDTH, max((_natural_width(t) for t in tables), default=80)))
     simai = run.machine_info.get("simai") or {}
     where = ", ".join(filter(None, [str(run.machine_info.get("node") or ""), str(simai.get("profile") or "")]))
     header = Text(run.label, style="bold")
     header.append((f" on {where}" if where else "") + f": {len(run.benches)} benchmarks")
     console.print(header)
-    for g in fom_grids(run):
-        console.print(_rich(g))
+    for g, table in zip(grids, tables, strict=True):
+        console.print(table)
+        for note in g.notes:  # unwrapped: a log keeps the whole line
+            console.print(Text(note, style="dim"), soft_wrap=True)
+
+
+def _natural_width(table: Table) -> int:
+    """The width ``table`` takes when nothing forces it narrower."""
+    from rich.measure import Measurement
+
+    wide = Console(width=10_000)
+    return Measurement.get(wide, wide.options, table).maximum
