@@ -90,6 +90,8 @@ def _gate_options(cmd: argparse.ArgumentParser) -> None:
                           "and '*skill*:0.05' (repeatable)")
     cmd.add_argument("--alpha", type=parse_alpha, default=None, metavar="P",
                      help="family-wise false-alarm rate of the significance tests of one comparison (default 0.01)")
+    cmd.add_argument("--null", choices=("margin", "zero"), default="margin",
+                     help="the test's null hypothesis: no change beyond the threshold (default), or no change at all")
     cmd.add_argument("--ignore-stats", action="store_true",
                      help="show pytest-benchmark's round times but gate on FOMs only")
     cmd.add_argument("--no-noise", action="store_true",
@@ -159,7 +161,8 @@ def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
 
     return {"threshold_pct": args.threshold, "fail_on": dict(args.fail_on), "gate_stats": not args.ignore_stats,
             "ignore_backend": args.ignore_backend, "noise_aware": not args.no_noise,
-            "alpha": DEFAULT_ALPHA if args.alpha is None else args.alpha, "floors": {**ABS_FLOORS, **dict(args.floor)}}
+            "alpha": DEFAULT_ALPHA if args.alpha is None else args.alpha, "floors": {**ABS_FLOORS, **dict(args.floor)},
+            "null": args.null}
 
 
 def cmd_gate_check(args: argparse.Namespace, console: Console) -> int:

@@ -157,14 +157,26 @@ def test_many_compared_metrics_raise_the_bar_of_each(micro):
     base_f["samples"][0] = (f["samples"][-1] + f["samples"][-2]) / 2  # one pair out of order: U = 1, p = 4/924
     base_f["value"] = float(np.median(base_f["samples"]))
     f["value"] = float(np.median(f["samples"]))
-    row = _rows(compare_runs(base, new), "put_GBps")[0]
+    row = _rows(compare_runs(base, new, null="zero"), "put_GBps")[0]
     assert row.p_value == pytest.approx(4 / 924)
     assert row.status == "noise"  # 20 tested metrics: Holm's first level is 0.01 / 20
     alone = [copy.deepcopy(_bench(r)) for r in (base, new)]
     for b in alone:  # the one tested metric of its comparison: its level is 0.01
         b["extra_info"]["fom"] = {"put_GBps": b["extra_info"]["fom"]["put_GBps"]}
         del b["stats"]["data"]
-    assert _rows(compare_runs(*(samples.run_doc([b]) for b in alone)), "put_GBps")[0].status == "worse"
+    assert _rows(compare_runs(*(samples.run_doc([b]) for b in alone), null="zero"), "put_GBps")[0].status == "worse"
+
+
+@pytest.mark.parametrize(("pct", "margin_null", "zero_null"), [(12, "noise", "worse"), (25, "worse", "worse"),
+                                                                 (5, "same", "same")])
+def test_the_null_is_a_change_within_the_threshold(pct, margin_null, zero_null):
+    """Tight rounds 12 % apart differ for sure, but not surely by more than 10 %: noise by default."""
+    base = samples.with_samples(samples.micro_run(backends=("redis",), sizes=(1024,), ops=("put",)), n=10,
+                                scatter=0.03, seed=1)
+    new = samples.worsen(samples.with_samples(base, n=10, scatter=0.03, seed=2), "put_latency_s", pct)
+    for null, status in (("margin", margin_null), ("zero", zero_null)):
+        [row] = _rows(compare_runs(base, new, null=null), "put_latency_s")
+        assert row.status == status, (null, row)
 
 
 def test_round_times_tested_on_stats_data(micro):

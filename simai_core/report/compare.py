@@ -221,14 +221,23 @@ def min_p_value(n1: int, n2: int) -> float:
     return min(1.0, 2.0 / math.comb(n1 + n2, n1)) if n1 and n2 else 1.0
 
 
-def mann_whitney_p(base: Sequence[float], new: Sequence[float]) -> float:
-    """Two-sided Mann-Whitney U p-value (exact for small samples without ties, else normal with tie correction)."""
-    return _mann_whitney_p(tuple(base), tuple(new))
+def mann_whitney_p(base: Sequence[float], new: Sequence[float], shift: float = 0.0) -> float:
+    """Mann-Whitney U p-value (exact for small samples without ties, else normal with tie correction).
+
+    With ``shift == 0`` two-sided, of "no change". Otherwise of "the new samples are moved by at most
+    ``shift`` (signed, in their unit) from the base": one-sided on ``new - shift`` against ``base``,
+    doubled (the side is the one the values moved to), so that it reads as a two-sided p-value.
+    """
+    return _mann_whitney_p(tuple(base), tuple(new), shift)
 
 
 @lru_cache(maxsize=4096)  # gate-check compares the same samples many times over
-def _mann_whitney_p(base: tuple[float, ...], new: tuple[float, ...]) -> float:
-    p = float(mannwhitneyu(base, new, alternative="two-sided").pvalue)
+def _mann_whitney_p(base: tuple[float, ...], new: tuple[float, ...], shift: float) -> float:
+    if shift == 0:
+        p = float(mannwhitneyu(base, new, alternative="two-sided").pvalue)
+    else:
+        moved = [x - shift for x in new]
+        p = min(1.0, 2 * float(mannwhitneyu(moved, base, alternative="greater" if shift > 0 else "less").pvalue))
     return 1.0 if math.isnan(p) else p  # all values tied: nothing tells the runs apart
 
 
@@ -253,6 +262,7 @@ class Settings:
     floors: Mapping[str, float] = field(default_factory=lambda: dict(ABS_FLOORS))
     gate_stats: bool = True
     noise_aware: bool = True
+    null: Literal["margin", "zero"] = "margin"  # the test's null hypothesis: change within the margin, or none
 
 
 def _pending(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, better: str,
@@ -270,7 +280,8 @@ def _pending(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, b
     margin = max(floor or 0.0, thr / 100.0 * abs(bv))
     p = None
     if bs and ns and min_p_value(*sizes) <= cfg.alpha:
-        p = mann_whitney_p(bs, ns)
+        shift = math.copysign(margin, nv - bv) if cfg.null == "margin" else 0.0
+        p = mann_whitney_p(bs, ns, shift)
     return Row(label, metric, kind, unit, better, bv, nv, change, -change if better == "higher" else change, thr,
                "same", "", gating, margin, p, sizes, floor)
 
@@ -372,6 +383,7 @@ def compare_runs(
     noise_aware: bool = True,
     alpha: float = DEFAULT_ALPHA,
     floors: Mapping[str, float] | None = None,
+    null: Literal["margin", "zero"] = "margin",
 ) -> Comparison:
     """Compare ``new`` against ``base`` (JSON dicts or loaded runs).
 
@@ -380,10 +392,11 @@ def compare_runs(
     (default :data:`ABS_FLOORS`).
     ``gate_stats=False`` shows round times without failing on them; ``noise_aware=False`` fails on
     any change past the threshold, significant or not; ``alpha`` is the family-wise false-alarm rate
-    of the tests. Raises :class:`ReportInputError` when no benchmark pairs up by name and backend.
+    of the tests; ``null="zero"`` tests "no change at all" instead of "no change beyond the margin".
+    Raises :class:`ReportInputError` when no benchmark pairs up by name and backend.
     """
     cfg = Settings(threshold_pct, fail_on, alpha, dict(ABS_FLOORS if floors is None else floors), gate_stats,
-                   noise_aware)
+                   noise_aware, null)
     base_run, new_run = as_run(base, "base"), as_run(new, "new")
     bi, ni = _index(base_run, ignore_backend), _index(new_run, ignore_backend)
     matched = [k for k in bi if k in ni]

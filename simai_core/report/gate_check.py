@@ -143,6 +143,10 @@ def _rows_by_key(comp: Comparison) -> dict[MetricKey, Any]:
 
 def _check_pair(report: GateReport, base: Run, new: Run, options: dict[str, Any]) -> None:
     measured = compare_runs(base, new, **options)
+    if measured.not_comparable:
+        why = "; ".join(f"{name}: {reason}" for name, reason in measured.not_comparable[:3])
+        report.notes.append(f"{new.label} vs {base.label}: {len(measured.not_comparable)} benchmark(s) not "
+                            f"comparable ({why}): not counted")
     report.false_alarm_pairs += bool(measured.regressions)
     report.false_improvement_pairs += bool(measured.improvements)
     report.detected_pairs += bool(compare_runs(base, inject(new, report.change_pct), **options).regressions)

@@ -18,7 +18,8 @@ from simai_core.errors import SimaiError
 from simai_core.fom import SCHEMA_VERSION, Fom, RunInfo
 
 DEFAULT_STORAGE = Path(".benchmarks")
-# Measurement settings and descriptions in simai.params: a run with more rounds still measures the same thing.
+# Measurement settings and descriptions (of the reference paths) in simai.params: a run with more rounds still
+# measures the same thing.
 NON_IDENTITY_PARAMS = ("rounds", "raw", "references")  # how it was measured, not what
 _RUN_FILE = re.compile(r"^(\d{4})_.*\.json$")
 
