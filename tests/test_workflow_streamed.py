@@ -90,3 +90,20 @@ def test_killed_trainer_fails_a_streaming_simulation(file_staging, tmp_path):
     assert report.error is not None and "PeerTimeoutError" in report.error, report.error
     assert time.monotonic() - killed < peer_timeout + 10
     assert not list((tmp_path / "streams").glob("*.sst")), "the killed run left a contact file"
+
+
+@pytest.mark.timeout(300)
+def test_a_sync_writer_blocked_on_a_full_queue_counts_as_waiting(file_staging, tmp_path):
+    """A trainer whose epochs outlast a sync interval keeps a one-step queue full: the writer waits, it does not send."""
+    cfg = WorkflowConfig.model_validate({
+        "problem": {"size": "debug"}, "simulation": {"step_time_s": 0.05, "max_steps": 80},
+        "trainer": {"mini_batch": 8, "epoch_batches": 500, "checkpoint_every": 1},
+        "streamed_data": {"mode": "sync", "queue_limit": 1}})
+    result = run_serial(cfg, "filesystem", file_staging[1], tmp_path)
+    result.raise_for_errors()
+    sim = next(r for r in result.reports if r.component == "sim")
+    sends = [e for e in result.events() if e["component"] == "sim" and e["kind"] == "data"]
+    blocked, total = sum(e["waited_s"] for e in sends), sum(e["dt_s"] for e in sends)
+    assert blocked > 1.0, f"the writer never waited ({blocked:.2f} s): the test did not fill the queue"
+    assert sim.seconds["wait"] >= blocked
+    assert sim.seconds["data"] < 0.25 * total  # handing a 8 KiB step over is quick; the rest was waiting

@@ -6,7 +6,10 @@ One benchmark per backend x deployment x model runs the whole workflow once
 trainer runs as a separate process. FOMs go to ``extra_info``; per-event samples to a
 JSON-lines sidecar next to the benchmark JSON (``simai.events``). A run whose
 surrogate did not converge is recorded and fails the test unless
-``--simai-allow-unconverged`` is given.
+``--simai-allow-unconverged`` is given; "converged" means, by default, skill against
+persistence of at least ``--simai-min-skill`` (0.5) for 5 consecutive checks
+(``--simai-criterion mse`` restores the reference's absolute MSE rule), and a run called
+converged must beat persistence (skill > 0) whatever the criterion.
 
 ``test_online_training_streamed`` (marker ``adios2``) sends the snapshots over ADIOS2 SST
 streams instead, one per simulation rank to the trainer rank that owns it, in sync and

@@ -86,7 +86,7 @@ class TrainerConfig(BaseModel):
                                 "The reference's epoch was one pass over every snapshot received so far, growing without "
                                 "bound, so checkpoints grew rarer as the run went on")
     graph_patch_nodes: int = Field(
-        4096, ge=2, description="GNN training splits each rank's graph into slabs of at most this many nodes (induced "
+        1024, ge=2, description="GNN training splits each rank's graph into slabs of at most this many nodes (induced "
                                 "edges only); inference runs on the whole graph")
     checkpoint_every: int = Field(10, ge=1, description="Epochs between TorchScript checkpoints")
     window: int | None = Field(
