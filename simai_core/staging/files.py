@@ -1,18 +1,32 @@
-"""File backends: one file per key in a directory, written atomically (temp file + rename).
+"""File backends: one file per key in a directory; each put writes a fresh file and renames it into place.
 
 ``filesystem`` puts the directory on a file system every node shares; ``nodelocal`` on
 node-local storage (``/dev/shm`` by default), where only ranks of one node meet.
 Tensors are ``.npy`` files (readable with ``numpy.load``); blobs are raw ``.bin`` files.
+
+A put is openat of a uniquely named temp file, one writev of header and data, close, and a
+rename over the key's file (on file systems other than tmpfs, an exchange of the two names and
+an unlink of the old file: ext4 and btrfs flush a file's data before a rename that replaces
+another, which costs milliseconds). A get with ``out=`` is openat, one preadv of header and
+data, close. A key's name always refers to a whole file, and a file is never written again
+once it has a key's name, so a reader sees the old value or the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import io
+import itertools
 import os
 import shutil
+import socket
 import tempfile
-import uuid
+import weakref
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import numpy as np
@@ -22,6 +36,8 @@ from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 
 _SUFFIXES = (".npy", ".bin")
+_NPY_MAGIC = b"\x93NUMPY"
+_HEADER_GUESS = 256  # bytes read first when the header's size is not known (ours are 128)
 
 
 def check_available(name: str) -> None:
@@ -104,53 +120,117 @@ def _fs_type(path: Path) -> str:
     return fstype
 
 
+class _Directory:
+    """An open descriptor of a directory: names are resolved relative to it (openat), not walked from /."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise FileNotFoundError(f"Staging directory {root} does not exist (was the server started?)") from None
+        self._finalizer = weakref.finalize(self, os.close, self.fd)
+        # tmpfs replaces by rename as cheaply as by exchange, and saves the unlink.
+        self.exchange = _renameat2 is not None and _fs_type(root.resolve()) != "tmpfs"
+
+    def close(self) -> None:
+        """Close the descriptor; later calls fail with EBADF instead of reaching another file."""
+        self.fd = -1
+        self._finalizer()
+
+    def replace(self, tmp: str, name: str) -> None:
+        """Put the file ``tmp`` under ``name`` in one step, and remove the file that was there."""
+        if self.exchange:
+            assert _renameat2 is not None
+            if _renameat2(self.fd, tmp.encode(), self.fd, name.encode(), _RENAME_EXCHANGE) == 0:
+                os.unlink(tmp, dir_fd=self.fd)  # the old value, now under the temp name
+                return
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # no exchange on this file system
+                self.exchange = False
+            elif err != errno.ENOENT:  # ENOENT: no old value, a rename does it
+                raise OSError(err, os.strerror(err), name)
+        os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+
+def _load_renameat2() -> Any:
+    """The C library's renameat2 (glibc 2.28 and later), or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
 class FileClient(StagingClient):
     """Reads and writes files in one staging directory."""
 
     def __init__(self, backend: str, root: Path) -> None:
         self.backend = backend
         self.root = root
-        if not root.is_dir():
-            raise FileNotFoundError(f"Staging directory {root} does not exist (was the server started?)")
+        self._dir = _Directory(root)
+        self._last_header: tuple[Any, Any, bytes] = (None, None, b"")
 
-    def _path(self, key: str, suffix: str) -> Path:
-        return self.root / (quote(key, safe="") + suffix)
+    def close(self) -> None:
+        self._dir.close()
 
     def put_tensor(self, key: str, array: ArrayLike) -> None:
         arr = as_numpy(array)
-        header = _npy_header(arr)
-        self._write_atomic(key, ".npy", [header, arr.data.cast("B")])
+        if arr.dtype.hasobject:
+            raise TypeError(f"Cannot stage a {arr.dtype} array: object arrays have no byte representation")
+        header = self._header(arr.dtype, arr.shape)
+        self._write_atomic(key, _NPY[key], (header, arr), len(header) + arr.nbytes)
 
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Fetch the array under ``key``; with ``out``, header and data come in one read.
+
+        If ``out`` does not match the stored dtype and shape, ValueError is raised and ``out`` may
+        have been written.
+        """
         try:
-            f = open(self._path(key, ".npy"), "rb", buffering=0)  # noqa: SIM115  (closed by the with below)
+            fd = os.open(_NPY[key], _READ, dir_fd=self._dir.fd)
         except FileNotFoundError:
             return None
-        with f:
-            version = np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format._read_array_header(f, version)  # type: ignore[attr-defined]
-            if out is None:
-                out = np.empty(shape, dtype)
-            else:
-                check_out(key, out, dtype, shape)
-            _read_into(f, out.data.cast("B") if out.size else memoryview(b""), key)
-        return out
+        try:
+            if out is not None and self._read_expected(fd, key, out):
+                return out
+            return _read_npy(fd, key, out)
+        finally:
+            os.close(fd)
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
-        self._write_atomic(key, ".bin", [memoryview(data).cast("B")])
+        self._write_atomic(key, _BIN[key], (data,), memoryview(data).nbytes)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
-            return self._path(key, ".bin").read_bytes()
+            fd = os.open(_BIN[key], _READ, dir_fd=self._dir.fd)
         except FileNotFoundError:
             return None
+        try:
+            return _read_to_end(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
 
     def exists(self, key: str) -> bool:
-        return any(self._path(key, s).exists() for s in _SUFFIXES)
+        return self._exists(_NPY[key]) or self._exists(_BIN[key])
+
+    def _exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self._dir.fd)
+        except FileNotFoundError:
+            return False
+        return True
 
     def delete(self, key: str) -> None:
-        for suffix in _SUFFIXES:
-            self._path(key, suffix).unlink(missing_ok=True)
+        for name in (_NPY[key], _BIN[key]):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._dir.fd)
 
     def clean(self, prefix: str) -> int:
         start = quote(prefix, safe="")
@@ -161,65 +241,202 @@ class FileClient(StagingClient):
                 removed += 1
         return removed
 
-    def _write_atomic(self, key: str, suffix: str, parts: list[bytes | memoryview]) -> None:
-        final = self._path(key, suffix)
-        tmp = self.root / f".{uuid.uuid4().hex}.tmp"
+    def _header(self, dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+        """The .npy header of ``dtype`` and ``shape``; the last one is kept at hand (a dict lookup costs more)."""
+        last = self._last_header
+        if last[0] is dtype and last[1] == shape:
+            return last[2]
+        header = _npy_header(dtype, shape)
+        self._last_header = (dtype, shape, header)
+        return header
+
+    def _read_expected(self, fd: int, key: str, out: np.ndarray) -> bool:
+        """One preadv of the header that ``out`` implies and of the data into ``out``; False if the file's differs."""
+        expected = self._header(out.dtype, out.shape)
+        header = bytearray(len(expected))
+        buffers: list[Any] = [header, out]
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            n = os.preadv(fd, buffers, 0)
+        except (ValueError, BufferError):  # `out` is not C-contiguous or not writable: _read_npy says which
+            return False
+        if header != expected:
+            return False
+        if n < len(expected) + out.nbytes:  # over 2 GiB (one read's limit) or a cut file
+            _preadv_all(fd, key, _bytes_view(out)[n - len(expected):], n)
+        return True
+
+    def _write_atomic(self, key: str, name: str, parts: tuple[Any, ...], nbytes: int) -> None:
+        """Write ``parts`` to a fresh temp file and put it under ``name``: readers see the old value or the new."""
+        tmp, dir_fd = _temp_name(), self._dir.fd
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
             try:
-                for part in parts:
-                    _write_all(fd, part)
+                _writev_all(fd, parts, nbytes)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)  # readers see the old value or the new one, never half of one
+            self._dir.replace(tmp, name)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno == 28:  # ENOSPC
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StagingFullError(f"No space left in {self.root} for {key!r}: free space or choose "
                                        "another staging path (--simai-staging-path)") from None
             raise
 
 
 class FileRaw(RawReference):
-    """os.write of the buffer to a file and readinto back, with no header, temp file or rename."""
+    """The plain path, no staging layer and no atomicity (a reader can see half a value).
 
-    description = "os.write / readinto of the raw buffer in the same directory"
+    put overwrites the key's file in place: openat without O_TRUNC, one write, fstat (ftruncate only
+    if the old file was longer), close. get: openat, one readv into ``out``, close.
+    """
+
+    description = "in-place os.write / os.readv of the raw buffer in the same directory (no header, temp file or rename)"
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        self._dir = _Directory(root)
+
+    def close(self) -> None:
+        self._dir.close()
 
     def put(self, key: str, data: memoryview) -> None:
-        fd = os.open(self.root / f"raw.{quote(key, safe='')}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # In place, not O_TRUNC: truncating frees the pages (blocks) the write then allocates again,
+        # twice the time on tmpfs, and on ext4 the close of a truncated file flushes it (milliseconds).
+        fd = os.open(_RAW[key], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self._dir.fd)
         try:
-            _write_all(fd, data)
+            _writev_all(fd, (data,), data.nbytes)
+            if os.fstat(fd).st_size > data.nbytes:
+                os.ftruncate(fd, data.nbytes)
         finally:
             os.close(fd)
 
     def get(self, key: str, out: memoryview) -> None:
-        with open(self.root / f"raw.{quote(key, safe='')}", "rb", buffering=0) as f:
-            _read_into(f, out, key)
+        fd = os.open(_RAW[key], _READ, dir_fd=self._dir.fd)
+        try:
+            n = os.readv(fd, [out])
+            if n < len(out):
+                _preadv_all(fd, key, out[n:], n)
+        finally:
+            os.close(fd)
 
 
-def _npy_header(arr: np.ndarray) -> bytes:
-    """The .npy (format 1.0/2.0) header for a C-contiguous array."""
-    header = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False, "shape": arr.shape}
-    import io
+class _Names(dict[str, str]):
+    """File name per key, cached (quote() costs more than the system calls of a small get); bounded."""
 
+    def __init__(self, prefix: str, suffix: str) -> None:
+        super().__init__()
+        self.prefix, self.suffix = prefix, suffix
+
+    def __missing__(self, key: str) -> str:
+        if len(self) >= 4096:
+            self.clear()
+        name = self[key] = f"{self.prefix}{quote(key, safe='')}{self.suffix}"
+        return name
+
+
+_NPY, _BIN, _RAW = _Names("", ".npy"), _Names("", ".bin"), _Names("raw.", "")
+_READ = os.O_RDONLY | os.O_CLOEXEC
+
+
+# Temp names unique across hosts (shared file systems), processes and calls; renewed in a forked child.
+_temp_prefix = ""
+_temp_count = itertools.count()
+
+
+def _renew_temp_prefix() -> None:
+    global _temp_prefix
+    _temp_prefix = f".{socket.gethostname()}.{os.getpid()}."
+
+
+def _temp_name() -> str:
+    return f"{_temp_prefix}{next(_temp_count)}.tmp"
+
+
+_renew_temp_prefix()
+os.register_at_fork(after_in_child=_renew_temp_prefix)
+
+
+@lru_cache(maxsize=256)
+def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    """The .npy header (format 1.0, or 2.0 when it does not fit) of a C-contiguous array, as numpy.save writes it."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     buf = io.BytesIO()
-    np.lib.format._write_array_header(buf, header, None)  # type: ignore[attr-defined] # picks the format version that fits
+    try:
+        np.lib.format.write_array_header_1_0(buf, header)
+    except ValueError:  # header over 64 KiB: format 2.0 has a 4-byte length
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, header)
     return buf.getvalue()
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+@lru_cache(maxsize=256)
+def _parse_npy_header(header: bytes) -> tuple[tuple[int, ...], np.dtype[Any], int]:
+    """(shape, dtype, data offset) of a .npy file that starts with ``header``."""
+    f = io.BytesIO(header)
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format {version} is not read by this backend")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read(f)
+    if fortran_order and len(shape) > 1:
+        raise ValueError("Fortran-ordered .npy files are not staged by this backend")
+    return shape, dtype, f.tell()
 
 
-def _read_into(f: Any, view: memoryview, key: str) -> None:
+def _read_npy(fd: int, key: str, out: np.ndarray | None) -> np.ndarray:
+    """Read a .npy file whose header is not known in advance (no ``out``, or one that may not match)."""
+    start = os.pread(fd, _HEADER_GUESS, 0)
+    if not start.startswith(_NPY_MAGIC) or len(start) < 10:
+        raise ValueError(f"{key!r}: not a .npy file")
+    size = 10 + int.from_bytes(start[8:10], "little") if start[6] == 1 else 12 + int.from_bytes(start[8:12], "little")
+    if len(start) < size:
+        start += os.pread(fd, size - len(start), len(start))
+    shape, dtype, offset = _parse_npy_header(bytes(start[:size]))
+    if out is None:
+        out = np.empty(shape, dtype)
+    else:
+        check_out(key, out, dtype, shape)
+    _preadv_all(fd, key, out, offset)
+    return out
+
+
+def _preadv_all(fd: int, key: str, buffer: Any, offset: int) -> None:
+    """Fill ``buffer`` from ``offset`` on, however many reads that takes."""
+    view = _bytes_view(buffer)
     while view:
-        n = f.readinto(view)
+        n = os.preadv(fd, [view], offset)
         if not n:
             raise OSError(f"{key!r}: file ended early (truncated write?)")
-        view = view[n:]
+        view, offset = view[n:], offset + n
+
+
+def _writev_all(fd: int, parts: tuple[Any, ...], nbytes: int) -> None:
+    """One writev of every part (``nbytes`` in all); more only if the kernel takes less (over 2 GiB)."""
+    written = os.writev(fd, parts)
+    if written == nbytes:
+        return
+    views = [_bytes_view(p) for p in parts]
+    while True:
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if not views:
+            return
+        views[0] = views[0][written:]
+        written = os.writev(fd, views)
+        if not written:
+            raise OSError(errno.EIO, "write made no progress")
+
+
+def _bytes_view(buffer: Any) -> memoryview:
+    """A flat byte view of a C-contiguous buffer (an ndarray of any dtype, datetime64 included)."""
+    if isinstance(buffer, np.ndarray):
+        return memoryview(cast(Any, buffer.reshape(-1).view(np.uint8)))
+    return memoryview(buffer).cast("B")
+
+
+def _read_to_end(fd: int, size: int) -> bytes:
+    """The whole file (``size`` bytes by fstat); the rare short read is followed up."""
+    data = os.read(fd, size)
+    while len(data) < size and (more := os.read(fd, size - len(data))):
+        data += more
+    return data
