@@ -22,8 +22,9 @@ from simai_core.workflow.protocol import Keys, PeerTimeoutError
 pytest.importorskip("torch")
 
 PEER_TIMEOUT_S = 10.0
-# A run that never converges on its own (tiny tolerance) with fast steps: only a failure ends it.
-ENDLESS = {"problem": {"size": "debug"}, "simulation": {"step_time_s": 0.05, "tolerance": 1e-12, "max_steps": 100_000},
+# A run that never converges on its own (an MSE tolerance no model meets) with fast steps: only a failure ends it.
+ENDLESS = {"problem": {"size": "debug"},
+           "simulation": {"step_time_s": 0.05, "criterion": "mse", "tolerance": 1e-12, "max_steps": 100_000},
            "peer_timeout_s": PEER_TIMEOUT_S, "startup_timeout_s": 120, "heartbeat_interval_s": 0.2}
 
 

@@ -69,8 +69,9 @@ def test_async_stream_counts_every_discarded_step(file_staging, tmp_path):
 def test_killed_trainer_fails_a_streaming_simulation(file_staging, tmp_path):
     client, address = file_staging
     peer_timeout = 10.0
-    cfg = with_stream_directory(streamed("sync", simulation={"step_time_s": 0.05, "tolerance": 1e-12, "max_steps": 100_000},
-                                         peer_timeout_s=peer_timeout, heartbeat_interval_s=0.2), tmp_path)
+    endless = {"step_time_s": 0.05, "criterion": "mse", "tolerance": 1e-12, "max_steps": 100_000}
+    cfg = with_stream_directory(streamed("sync", simulation=endless, peer_timeout_s=peer_timeout,
+                                         heartbeat_interval_s=0.2), tmp_path)
     start = time.time()
     sim = ComponentProcess("sim", cfg, "filesystem", address, tmp_path / "sim", start)
     trainer = ComponentProcess("train", cfg, "filesystem", address, tmp_path / "train", start)
