@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="synthetic change injected into the newer run of each pair (default 25%%)")
     gate.add_argument("--all-metrics", action="store_true", help="list every metric, not only those with a miss")
     gate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the counts as JSON")
+    gate.add_argument("--suggest", action="store_true",
+                      help="print --fail-on/--floor options wide enough for the changes seen between these runs")
     _gate_options(gate)
 
     rep = sub.add_parser("report", help="write report.md/report.html with plots")
@@ -173,6 +175,9 @@ def cmd_gate_check(args: argparse.Namespace, console: Console) -> int:
         raise UsageError("gate-check needs two or more runs")
     report = gate_check(_load(args.runs, args.storage), args.change, **_compare_options(args))
     report.render(console, all_metrics=args.all_metrics)
+    if args.suggest and report.suggestions():
+        console.print("options that let these runs' changes through (1.5x the largest): "
+                      + " ".join(report.suggestions()), markup=False, soft_wrap=True)
     if args.json is not None:
         try:
             args.json.write_text(json.dumps(report.as_dict(), indent=1))

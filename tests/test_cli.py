@@ -123,6 +123,8 @@ def test_gate_check_counts_false_alarms_and_detections(tmp_path):
     # 4 benchmarks x (3 FOMs + 2 round times), each moved alone in each of the 10 pairs.
     assert counts["metric_detections_eligible"] == 4 * 5 * 10
     assert counts["metric_detections"] >= 0.95 * counts["metric_detections_eligible"]
+    # Every run's rounds carry samples; each metric moved alone is caught in (nearly) every pair.
+    assert all(m["detected"] >= 9 for m in counts["metrics"].values())
     # A change no larger than the threshold is not a regression: nothing to detect, and gate-check says so.
     code, out = run_cli("gate-check", *runs, "--change", "5")
     assert code == 1 and "every figure 5 % worse: 0 of 10 pairs" in out
@@ -135,6 +137,19 @@ def test_several_new_runs_each_against_base_and_machine_warning(tmp_path, base, 
     assert code == 1
     assert "base.json#2 vs base.json#1" in out and "other.json vs base.json#1" in out
     assert "warning: the runs come from different machines (node 'node-a' vs 'node-b'" in out
+
+
+def test_gate_check_names_noisy_figures_and_suggests_thresholds(tmp_path):
+    # Three runs without samples (judged on the threshold alone); the third's put_GBps 20 % lower.
+    run = samples.micro_run(backends=("redis",), sizes=(1024,))
+    runs = [_write(tmp_path / f"r{i}.json", doc) for i, doc in enumerate((run, run, samples.worsen(run, "put_GBps", 20)))]
+    code, out = run_cli("gate-check", *runs, "--suggest")
+    assert code == 1 and "false alarms: 2 of 3 pairs" in out
+    row = next(line for line in out.splitlines() if "put_GBps" in line)
+    assert "│            2 │" in row and "20.0 %" in row  # two false alarms, the largest change 20 %
+    assert "--fail-on 'put_GBps:30%'" in out
+    code, out = run_cli("gate-check", *runs, "--fail-on", "put_GBps:30%")
+    assert code == 0 and "false alarms: 0 of 3 pairs" in out and "25 % worse: 3 of 3 pairs" in out
 
 
 @pytest.mark.parametrize(

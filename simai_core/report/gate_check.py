@@ -12,6 +12,7 @@ the base:
 
 Then, per metric, the change is injected into that metric alone (every other figure as
 measured), and the metric counts as detected in that pair when its row is judged worse.
+The largest change seen between runs as measured tells which threshold a metric needs.
 A metric whose injected change is no larger than its own margin (an absolute floor such as
 1 point for a ``%`` FOM near zero) cannot be flagged by design and is counted apart.
 """
@@ -19,6 +20,7 @@ A metric whose injected change is no larger than its own margin (an absolute flo
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -30,6 +32,7 @@ from rich.text import Text
 
 from simai_core.report.compare import Comparison, compare_runs
 from simai_core.report.loading import Run, parse_run
+from simai_core.report.units import sig
 
 MetricKey = tuple[str, str]  # (benchmark label, metric)
 # Round-time statistics that scale with the round times; ``ops`` scales inversely.
@@ -81,6 +84,9 @@ class MetricCount:
     detected: int = 0
     pairs: int = 0
     below_margin: int = 0  # pairs where the injected change is within the metric's own margin
+    largest_change: float = 0.0  # the largest |change| between runs as measured: % (or the unit, with a floor)
+    absolute: bool = False  # largest_change is in the metric's unit, not in %
+    allowed: float = 0.0  # what the gate allowed: its threshold in % (or its floor in the unit)
 
 
 @dataclass
@@ -106,24 +112,44 @@ class GateReport:
         """No false alarm, and at least 90 % of the pairs detected."""
         return self.false_alarm_pairs == 0 and self.detected_pairs >= 0.9 * len(self.pairs)
 
+    def suggestions(self, factor: float = 1.5) -> list[str]:
+        """``--fail-on``/``--floor`` options that would have let every measured change through, with room.
+
+        Per FOM name (over benchmarks): ``factor`` times the largest change between the runs as
+        measured, where that exceeds what the gate allowed. Five runs see little of the tails, hence the room.
+        """
+        largest: dict[str, MetricCount] = {}
+        for (_, metric), c in self.metrics.items():
+            if c.largest_change > c.allowed and c.largest_change >= largest.get(metric, MetricCount()).largest_change:
+                largest[metric] = c
+        out = []
+        for metric, c in sorted(largest.items()):
+            if c.absolute:
+                out.append(f"--floor '{metric}:{factor * c.largest_change:.2g}'")
+            else:
+                out.append(f"--fail-on '{metric}:{math.ceil(factor * c.largest_change)}%'")
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         """The counts as plain JSON."""
         detected, eligible = self.metric_detections
         return {"change_pct": self.change_pct, "pairs": len(self.pairs), "false_alarm_pairs": self.false_alarm_pairs,
                 "false_improvement_pairs": self.false_improvement_pairs, "detected_pairs": self.detected_pairs,
                 "metric_detections": detected, "metric_detections_eligible": eligible,
+                "suggestions": self.suggestions(),
                 "metrics": {f"{b} {m}": vars(c) for (b, m), c in self.metrics.items()}}
 
     def render(self, console: Console, all_metrics: bool = False) -> None:
         """The per-metric table (metrics with a false alarm or a miss, or all) and the totals."""
         table = Table(title=Text(f"gate check: {len(self.pairs)} pairs, change {self.change_pct:g} %"),
                       title_justify="left")
-        for header in ("benchmark", "metric", "false alarms", "detected alone", "within margin"):
+        for header in ("benchmark", "metric", "false alarms", "detected alone", "within margin", "largest change"):
             table.add_column(Text(header), justify="left" if header in ("benchmark", "metric") else "right")
         for (bench, metric), c in self.metrics.items():
             if all_metrics or c.false_alarms or c.detected < c.pairs - c.below_margin:
+                change = f"{sig(c.largest_change)}" if c.absolute else f"{c.largest_change:.1f} %"
                 table.add_row(Text(bench), Text(metric), str(c.false_alarms),
-                              f"{c.detected}/{c.pairs - c.below_margin}", str(c.below_margin))
+                              f"{c.detected}/{c.pairs - c.below_margin}", str(c.below_margin), change)
         if table.row_count:
             console.print(table)
         for note in self.notes:
@@ -156,6 +182,10 @@ def _check_pair(report: GateReport, base: Run, new: Run, options: dict[str, Any]
         count = report.metrics.setdefault(key, MetricCount())
         count.pairs += 1
         count.false_alarms += row.status == "worse"
+        count.absolute = row.absolute
+        count.allowed = row.floor if row.floor is not None else row.threshold_pct
+        change = abs(row.new - row.base) if row.absolute else abs(row.change_pct or 0.0)
+        count.largest_change = max(count.largest_change, change)
         if abs(row.new) * report.change_pct / 100 <= row.margin:
             count.below_margin += 1
             continue
