@@ -20,11 +20,14 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +36,14 @@ import numpy as np
 
 from simai_core import mpi
 from simai_core.errors import BackendUnavailableError, SimaiError, StagingFullError
+from simai_core.private import (
+    SharedMachineWarning,
+    is_own_process,
+    private_dir,
+    process_identity,
+    read_own_file,
+    replace_private,
+)
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 
@@ -46,6 +57,9 @@ _RECORDS = Path(tempfile.gettempdir()) / f"simai-dragon-{getpass.getuser()}"
 # Each DDict orchestrator writes a metadata file (ddict_orc_<name>) to its persist_path, the working
 # directory by default, and removes it only when the DDict is destroyed: keep them beside the record.
 _METADATA_SUFFIX = ".ddict"
+# /dev/shm names of the runtime's pools ("D" + uid, PID and suffix digits) and DDict pools ("DD" + name):
+# a name, never a path, so a record can point nowhere outside /dev/shm.
+_POOL_NAME = re.compile(r"DD[A-Za-z0-9_-]{1,60}")
 _ORCHESTRATOR_NOTE = ("the DDict orchestrator busy-polls a whole core while idle; on a 2-core machine that core "
                       "is taken from the benchmark, which matters when reading the numbers")
 
@@ -110,44 +124,73 @@ def _descendants(pid: int) -> set[int]:
         return set()
 
 
-def _started(pid: int) -> float | None:
-    """When a live (not zombie) process started; None when it is gone. With the PID it names one process."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
-    except psutil.NoSuchProcess:
-        return None
+def _started(pid: int) -> int | None:
+    """When a live (not zombie) process started, in clock ticks since boot; None when it is gone."""
+    identity = process_identity(pid)
+    return None if identity is None else identity[0]
 
 
-def _same_process(pid: int, started: float | None) -> bool:
-    now = _started(pid)
-    return now is not None and started is not None and abs(now - started) < 0.05
+def _records_dir() -> Path:
+    """The run records' directory: private to this user (made 0700, or refused when anyone else could write it)."""
+    return private_dir(_RECORDS)
 
 
 def reap_orphans() -> dict[str, list[Any]]:
     """Clean up after runs of this suite that were killed before they stopped their Dragon runtime.
 
-    For every record whose owner is gone: kill the recorded processes that still run (matched by
-    PID and start time, so a reused PID is left alone) and remove the recorded pool files.
+    For every record whose owner is gone: kill the recorded processes that are still the recorded
+    ones (same PID, start time and user, so a reused PID is left alone) and remove the recorded
+    pool files that are this user's and named as the runtime names them. Whatever else a record
+    lists is refused with a :class:`~simai_core.private.SharedMachineWarning`.
     """
     killed: list[int] = []
     removed: list[str] = []
-    for path in sorted(_RECORDS.glob("*.json")):
+    for path in sorted(_records_dir().glob("*.json")):
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
+            record = json.loads(read_own_file(path))
+            if record["uid"] != os.geteuid():
+                raise ValueError(f"it was written for uid {record['uid']}")
+            if is_own_process(record["owner"], record["owner_start"]):
+                continue  # its owner still runs
+            pids, shm = _trusted(path, record)
+        except OSError as exc:  # NotPrivateError included: left where it is
+            warnings.warn(f"Dragon run record {path} refused: {exc}", SharedMachineWarning, stacklevel=2)
             continue
-        if _same_process(record["owner"], record["owner_start"]):
-            continue  # its owner still runs
-        pids = {int(pid) for pid, started in record["pids"].items() if _same_process(int(pid), started)}
-        done = _force_clean(pids, record["shm"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ours, but not a record of this version
+            warnings.warn(f"Dragon run record {path} refused and removed ({type(exc).__name__}: {exc})",
+                          SharedMachineWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
+            continue
+        done = _force_clean(pids, shm)
         shutil.rmtree(path.with_suffix(_METADATA_SUFFIX), ignore_errors=True)
         killed += done["killed_pids"]
         removed += done["removed_shm_files"]
         path.unlink(missing_ok=True)
     return {"killed_pids": killed, "removed_shm_files": removed}
+
+
+def _trusted(path: Path, record: dict[str, Any]) -> tuple[set[int], list[str]]:
+    """The record's processes that are still the recorded ones of this user, and its pool files that are ours."""
+    pids = {int(pid) for pid, started in record["pids"].items() if is_own_process(int(pid), started)}
+    shm: list[str] = []
+    refused: list[str] = []
+    for name in record["shm"]:
+        (shm if _own_pool_file(name) else refused).append(name)
+    if refused:
+        warnings.warn(f"Dragon run record {path}: refused to remove {refused} from /dev/shm (not a pool file of "
+                      f"yours: the runtime's are named like DD0123def0)", SharedMachineWarning, stacklevel=3)
+    return pids, shm
+
+
+def _own_pool_file(name: Any) -> bool:
+    """Whether ``name`` is a Dragon pool name (no path in it) and /dev/shm/``name`` is a file of this user or gone."""
+    if not isinstance(name, str) or not _POOL_NAME.fullmatch(name):
+        return False
+    try:
+        st = os.lstat(f"/dev/shm/{name}")
+    except FileNotFoundError:
+        return True
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _force_clean(pids: set[int], shm_files: Iterable[str]) -> dict[str, list[Any]]:
@@ -165,7 +208,7 @@ def _force_clean(pids: set[int], shm_files: Iterable[str]) -> dict[str, list[Any
 
 
 def _alive(pids: set[int]) -> set[int]:
-    return {pid for pid in pids if _started(pid) is not None}
+    return {pid for pid in pids if process_identity(pid) is not None}
 
 
 class _Runtime:
@@ -223,13 +266,11 @@ class _Runtime:
     @classmethod
     def save_record(cls) -> None:
         """Record the runtime's processes and pool files for :func:`reap_orphans` (atomically)."""
-        _RECORDS.mkdir(parents=True, exist_ok=True)
-        record = {"owner": os.getpid(), "owner_start": _started(os.getpid()),
+        _records_dir()
+        record = {"owner": os.getpid(), "owner_start": _started(os.getpid()), "uid": os.geteuid(),
                   "pids": {str(p): t for p in cls.pids if (t := _started(p)) is not None},
                   "shm": sorted(cls.shm_files())}
-        tmp = cls.record_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        tmp.replace(cls.record_path())
+        replace_private(cls.record_path(), json.dumps(record))
 
     @classmethod
     def shm_files(cls) -> set[str]:
@@ -289,8 +330,8 @@ class DragonServer(StagingServer):
         if _Runtime.start_s is not None:
             self.timings_s["runtime_start_s"] = _Runtime.start_s
         try:
-            metadata = _Runtime.metadata_dir()
-            metadata.mkdir(parents=True, exist_ok=True)
+            _records_dir()
+            metadata = private_dir(_Runtime.metadata_dir())
             t0 = time.perf_counter()
             self._ddict = DDict(self.managers_per_node, 1, self.total_mem, timeout=self.timeout_s,
                                 manager_pool_full_thresh=_FULL_THRESHOLD, persist_path=str(metadata))
