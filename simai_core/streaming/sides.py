@@ -152,7 +152,7 @@ class Bp5ReaderSide(Side):
         self.out = np.empty(self.plan.nbytes, np.uint8)
 
     def raw(self) -> None:
-        path = Path(self.link.recv()["file"])
+        path = self._run_file(self.link.recv()["file"])
         start = time.perf_counter()
         with open(path, "rb", buffering=0) as f:
             for _ in range(self.plan.steps):
@@ -163,7 +163,7 @@ class Bp5ReaderSide(Side):
         self.link.send({"done": True})
 
     def round(self) -> None:
-        path = Path(self.link.recv()["file"])
+        path = self._run_file(self.link.recv()["file"])
         start = time.perf_counter()
         with Adios2StreamReader(path, self.plan.config(), "BP5", watchdog_fd=self.watchdog_fd) as reader:
             for _ in reader.steps():
@@ -176,6 +176,14 @@ class Bp5ReaderSide(Side):
 
     def close(self) -> dict[str, Any]:
         return self.link.recv()
+
+    def _run_file(self, name: str) -> Path:
+        """``name`` from the writer, when it is inside this run's directory (it is read, then removed)."""
+        root, path = Path(self.plan.directory).resolve(), Path(name)
+        if path.is_symlink() or path.resolve().parent != root:
+            raise StreamError(f"the writer named {name!r}, which is not a file of this run's directory {root}: "
+                              f"refusing to read or remove it")
+        return path.resolve()
 
     def foms(self) -> dict[str, float]:
         """This end's FOMs (see :func:`~.harness.bp5_foms`)."""
