@@ -25,6 +25,7 @@ from simai_core.bench.measure import memcpy_GBps
 from simai_core.bench.pool import StagingPool
 from simai_core.errors import SimaiError
 from simai_core.fom import RunInfo
+from simai_core.private import NotPrivateError, private_dir
 from simai_core.profiles import MachineProfile, load_profile
 from simai_core.sizes import parse_size, size_sweep
 from simai_core.staging import registry
@@ -107,12 +108,7 @@ def _configure_mpi(config: pytest.Config) -> None:
     rank = mpi.rank()
     job = mpi.world().bcast(os.getpid() if rank == 0 else None, root=0)
     if config.option.basetemp is None:
-        root = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
-        if rank == 0:
-            _prune_old_job_dirs(root)
-        job_dir = root / f"simai-mpi-{job}"
-        job_dir.mkdir(parents=True, exist_ok=True)
-        config.option.basetemp = str(job_dir / f"rank{rank}")
+        config.option.basetemp = str(_rank_basetemp(job, rank))
     # A signal cannot interrupt a rank blocked inside MPI; the thread method exits the process, and
     # mpiexec then ends the whole job.
     if hasattr(config.option, "timeout_method"):
@@ -127,6 +123,20 @@ def _configure_mpi(config: pytest.Config) -> None:
                 setattr(config.option, option, None)
         if hasattr(config.option, "benchmark_autosave"):
             config.option.benchmark_autosave = False
+
+
+def _rank_basetemp(job: int, rank: int) -> Path:
+    """``<tmp>/pytest-of-<user>/simai-mpi-<job>/rank<rank>``, its parents private (0700, owner-checked, as pytest's).
+
+    A usage error (the :class:`~simai_core.private.NotPrivateError` message) when another user made or opened them.
+    """
+    try:
+        root = private_dir(Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}")
+        if rank == 0:
+            _prune_old_job_dirs(root)
+        return private_dir(root / f"simai-mpi-{job}") / f"rank{rank}"  # pytest makes the rank's own dir, 0700
+    except NotPrivateError as exc:
+        raise pytest.UsageError(f"per-rank temp dir: {exc}") from None
 
 
 def _prune_old_job_dirs(root: Path, keep: int = 3) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.net import free_port, interface_address
+from simai_core.private import write_private
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 from simai_core.staging.resp import RedisPyRaw, RespConnection, RespError, RespRaw, expect_ok
@@ -98,7 +99,7 @@ class RedisServer(StagingServer):
             "maxmemory-policy": "noeviction", "maxclients": 10000, "daemonize": "no", "logfile": '""',
         }
         config = self.workdir / f"redis-{self.port}.conf"
-        config.write_text("".join(f"{k} {v}\n" for k, v in args.items()))
+        write_private(config, "".join(f"{k} {v}\n" for k, v in args.items()))  # it holds the password
         # Own session: a Ctrl-C to pytest does not reach the server before stop() runs; and the
         # kernel ends the server if this process dies without running stop() (SIGKILL, OOM).
         self._proc = subprocess.Popen(["redis-server", str(config)], stdout=subprocess.DEVNULL,
@@ -108,6 +109,8 @@ class RedisServer(StagingServer):
         except BaseException:
             self.stop()
             raise
+        finally:
+            config.unlink(missing_ok=True)  # read at start; the password need not stay on disk
 
     def _wait_ready(self) -> None:
         import redis
