@@ -345,3 +345,15 @@ def test_render_prints_an_asv_style_table_and_the_verdict(micro):
     console = Console(record=True, width=200, color_system=None)
     comp.render(console, only_changed=True)
     assert "put_latency_s" not in console.export_text()
+
+
+def test_a_sum_over_ranks_is_tested_in_its_samples_scale():
+    """A FOM summed over 4 ranks with per-rank samples: the margin moves the samples by a quarter of it."""
+    base = samples.micro_run(backends=("redis",), sizes=(1024,), ops=("put",))
+    f = _bench(base)["extra_info"]["fom"]["put_GBps"]
+    f["value"], f["samples"] = 4.0, samples.scattered(1.0, 20, 0.03, 1)
+    new = copy.deepcopy(base)
+    g = _bench(new)["extra_info"]["fom"]["put_GBps"]
+    g["value"], g["samples"] = 3.0, [0.75 * x for x in samples.scattered(1.0, 20, 0.03, 2)]
+    [row] = _rows(compare_runs(base, new), "put_GBps")
+    assert row.status == "worse" and row.p_value is not None and row.p_value < 1e-4

@@ -1,8 +1,8 @@
 """Comparing two runs FOM by FOM: the regression gate.
 
 Matching: a benchmark of the new run pairs with the base run's of the same fullname and
-backend. A pair whose world size, machine profile or params (other than ``rounds`` and
-``raw``) differ is *not comparable*: it is listed as such and never compared.
+backend. A pair whose world size, machine profile or params (other than ``rounds`` and the
+reference paths' descriptions) differ is *not comparable*: it is listed as such and never compared.
 
 Every FOM both have is compared in its ``better`` direction, and so are pytest-benchmark's
 median and mean round times (seconds, lower is better). For each such metric:
@@ -12,11 +12,13 @@ median and mean round times (seconds, lower is better). For each such metric:
   ``final_skill``) never less than an absolute floor in their own unit (:data:`ABS_FLOORS`:
   1 percentage point, 0.05 of skill), where a relative change means nothing. A smaller
   change is ``same``.
-* **Significance**: a two-sided Mann-Whitney U test of the two runs' samples (a FOM's
-  ``samples``; for round times pytest-benchmark's ``stats.data``), with Holm's correction
-  over every tested metric of the comparison at family-wise ``alpha`` (default 1 %): when
-  the rounds of both runs come from one distribution, the chance that the comparison calls
-  any of its metrics significant is at most ``alpha``.
+* **Significance**: a Mann-Whitney U test of the two runs' samples (a FOM's ``samples``; for
+  round times pytest-benchmark's ``stats.data``) of the null "the change is no larger than
+  the smallest change that matters": the new samples are moved back by that margin (in the
+  samples' scale) and tested one-sided, the p-value doubled (``null="zero"``: two-sided, of
+  "no change"). Holm's correction runs over every tested metric of the comparison at
+  family-wise ``alpha`` (default 1 %): when no metric changed by more than its margin and the
+  rounds of each run are exchangeable, the chance that the comparison flags any is at most ``alpha``.
 * A change that matters is ``worse`` or ``better`` when it is significant and ``noise``
   when not. Where a side has no samples, or too few for the test ever to reach ``alpha``
   (e.g. one sample per rank from 2 ranks), the verdict rests on the threshold alone and
@@ -26,6 +28,7 @@ median and mean round times (seconds, lower is better). For each such metric:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
@@ -265,6 +268,12 @@ class Settings:
     null: Literal["margin", "zero"] = "margin"  # the test's null hypothesis: change within the margin, or none
 
 
+def _sample_scale(value: float, samples: Sequence[float]) -> float:
+    """How the samples' scale relates to the value's: 1 for a mean or median, 1/N for a sum over N ranks."""
+    mid = statistics.median(samples)
+    return mid / value if value and mid and (mid > 0) == (value > 0) else 1.0
+
+
 def _pending(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, better: str,
              base: tuple[float, Sequence[float] | None], new: tuple[float, Sequence[float] | None],
              cfg: Settings, gating: bool) -> Row:
@@ -280,7 +289,7 @@ def _pending(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, b
     margin = max(floor or 0.0, thr / 100.0 * abs(bv))
     p = None
     if bs and ns and min_p_value(*sizes) <= cfg.alpha:
-        shift = math.copysign(margin, nv - bv) if cfg.null == "margin" else 0.0
+        shift = math.copysign(margin * _sample_scale(bv, bs), nv - bv) if cfg.null == "margin" else 0.0
         p = mann_whitney_p(bs, ns, shift)
     return Row(label, metric, kind, unit, better, bv, nv, change, -change if better == "higher" else change, thr,
                "same", "", gating, margin, p, sizes, floor)
