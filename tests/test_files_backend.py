@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,32 +16,29 @@ import numpy as np
 import pytest
 
 from simai_core.errors import StagingFullError
+from simai_core.staging import files
 from simai_core.staging.files import FileClient, FileRaw
 
 ODD_SIZES = [1, 3, 4095, 4097, 65_537, 1_048_579]
 
 
 @pytest.fixture(params=["nodelocal", "filesystem"])
-def area(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+def area(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     """A staging directory on tmpfs (nodelocal) or on the disk holding tmp_path (filesystem)."""
     if request.param == "filesystem":
-        return tmp_path
+        yield tmp_path
+        return
     if not Path("/dev/shm").is_dir():
         pytest.skip("no /dev/shm on this machine")
-    shm = Path("/dev/shm") / f"simai-test-files-{os.getpid()}-{tmp_path.name}"
-    shm.mkdir()
-    request.addfinalizer(lambda: _rmtree(shm))
-    return shm
-
-
-def _rmtree(path: Path) -> None:
-    for entry in path.iterdir():
-        entry.unlink()
-    path.rmdir()
+    shm = Path(tempfile.mkdtemp(prefix="simai-test-files-", dir="/dev/shm"))
+    try:
+        yield shm
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
 
 
 @pytest.fixture
-def client(area: Path) -> FileClient:
+def client(area: Path) -> Iterator[FileClient]:
     with FileClient("test", area) as client:
         yield client
 
@@ -95,6 +94,20 @@ def test_reader_never_sees_a_torn_value(client: FileClient, area: Path) -> None:
     assert not [p for p in area.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange+unlink", "rename"])
+def test_both_ways_of_replacing_leave_one_file(client: FileClient, area: Path, exchange: bool) -> None:
+    """Whichever way a put replaces the old file (chosen per file system), one whole file remains per key."""
+    if exchange and not client._dir.exchange and files._renameat2 is None:
+        pytest.skip("no renameat2 in this C library")
+    client._dir.exchange = exchange
+    for value in range(3):
+        client.put_tensor("replaced", np.full(1000 + value, value, np.int32))
+        client.put_bytes("replaced", bytes([value]) * (10 + value))
+    np.testing.assert_array_equal(client.get_tensor("replaced"), np.full(1002, 2, np.int32))
+    assert client.get_bytes("replaced") == b"\x02" * 12
+    assert sorted(p.name for p in area.iterdir()) == ["replaced.bin", "replaced.npy"]
+
+
 @pytest.mark.parametrize("nbytes", ODD_SIZES)
 def test_odd_sizes_round_trip(client: FileClient, nbytes: int) -> None:
     data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
@@ -113,12 +126,13 @@ def test_raw_reference_round_trips_every_byte(area: Path, nbytes: int) -> None:
     out = np.zeros_like(data)
     raw = FileRaw(area)
     try:
-        raw.put("raw", memoryview(data))
-        raw.put("raw", memoryview(data))  # an overwrite truncates: no stale tail
+        raw.put("raw", memoryview(np.ones(nbytes + 100, np.uint8)))
+        raw.put("raw", memoryview(data))  # overwritten in place, then cut to its size: no stale tail
         raw.get("raw", memoryview(out))
     finally:
         raw.close()
     np.testing.assert_array_equal(out, data)
+    assert (area / "raw.raw").stat().st_size == nbytes
 
 
 @pytest.mark.parametrize("array", [np.arange(12, dtype=np.float32).reshape(3, 4), np.array(2.5),
@@ -175,7 +189,7 @@ def test_closed_client_touches_nothing(area: Path) -> None:
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Path:
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs (needs the right to mount; skipped without it), unmounted at the end."""
     mount = tmp_path / "tiny"
     mount.mkdir()

@@ -145,11 +145,8 @@ class _Directory:
             if _renameat2(self.fd, tmp.encode(), self.fd, name.encode(), _RENAME_EXCHANGE) == 0:
                 os.unlink(tmp, dir_fd=self.fd)  # the old value, now under the temp name
                 return
-            err = ctypes.get_errno()
-            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # no exchange on this file system
-                self.exchange = False
-            elif err != errno.ENOENT:  # ENOENT: no old value, a rename does it
-                raise OSError(err, os.strerror(err), name)
+            if ctypes.get_errno() != errno.ENOENT:  # ENOENT: no old value. Else no exchange here (NFS,
+                self.exchange = False                # Lustre: EINVAL): rename, which says what is wrong if anything
         os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
 
