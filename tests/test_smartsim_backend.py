@@ -130,6 +130,10 @@ def test_tensorget_replies_have_redisai_layout(raw, stand_in):
     assert [float(v) for v in raw.execute_command("AI.TENSORGET", "lay", "VALUES")] == list(range(12))
     raw.execute_command("AI.TENSORSET", "vals", "INT16", 2, "VALUES", -3, 7)
     assert raw.execute_command("AI.TENSORGET", "vals", "META", "VALUES")[-1] == [-3, 7]
+    assert raw.execute_command("AI.TENSORGET", "vals", "BLOB") == np.array([-3, 7], np.int16).tobytes()
+    assert raw.execute_command("AI.TENSORSET", "zeros", "INT32", 2, 3) == b"OK"  # no data: zero-filled
+    assert raw.execute_command("AI.TENSORGET", "zeros", "META", "BLOB")[3:] == [[2, 3], b"blob", bytes(24)]
+    assert raw.execute_command("AI.TENSORGET", "zeros", "VALUES") == [0] * 6
 
 
 @pytest.mark.parametrize(("command", "message"), [
@@ -228,10 +232,12 @@ def test_module_values_survive_rdb_and_aof(tmp_path):
             time.sleep(0.02)
         a = np.arange(6, dtype=np.int64).reshape(2, 3)
         r.execute_command("AI.TENSORSET", "t", "INT64", 2, 3, "BLOB", a.tobytes())
+        r.execute_command("AI.TENSORSET", "v", "DOUBLE", 2, "VALUES", 1.5, -2)  # the module's own buffers,
+        r.execute_command("AI.TENSORSET", "z", "UINT8", 3, 1)  # not a kept argument string
         r.execute_command("AI.MODELSTORE", "m", "ONNX", "CPU", "TAG", "x", "INPUTS", 1, "i", "BLOB", b"ab", b"cd")
 
         def values() -> list:
-            return [r.execute_command("AI.TENSORGET", "t", "META", "BLOB"),
+            return [*(r.execute_command("AI.TENSORGET", k, "META", "BLOB") for k in ("t", "v", "z")),
                     r.execute_command("AI.MODELGET", "m", "META", "BLOB")]
 
         want = values()
@@ -267,6 +273,19 @@ def test_huge_values_are_chunked(client, monkeypatch):
     blob = bytes(range(256)) * 9
     client.put_bytes("chunks.b", blob)
     assert client.get_bytes("chunks.b") == blob
+
+
+@pytest.mark.parametrize("view", ["slice", "frombuffer", "reshape"])
+def test_views_are_stored_as_they_are(client, sr, view):
+    """Views (``base`` set) go to SmartRedis's binding without its Python-side copy: the bytes must still be right."""
+    base = np.random.default_rng(7).standard_normal(3000).astype(np.float32)
+    array = {"slice": base[100:2100], "frombuffer": np.frombuffer(base.tobytes(), np.float32),
+             "reshape": base.reshape(30, 100)}[view]
+    assert array.base is not None and array.flags.c_contiguous
+    client.put_tensor(f"view.{view}", array)
+    got = sr.get_tensor(f"view.{view}")
+    assert got.shape == array.shape
+    np.testing.assert_array_equal(got, array)
 
 
 def test_bytes_are_uint8_tensors(client, sr):

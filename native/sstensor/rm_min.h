@@ -54,6 +54,7 @@ typedef struct RedisModuleTypeMethods {
 /* X-macro: return type, name, parameters. One list drives the declarations and the lookups. */
 #define SSRM_API(X)                                                                                              \
     X(void *, Alloc, (size_t bytes))                                                                             \
+    X(void *, Calloc, (size_t nmemb, size_t size))                                                               \
     X(void, Free, (void *ptr))                                                                                   \
     X(int, CreateCommand, (RedisModuleCtx *, const char *, RedisModuleCmdFunc, const char *, int, int, int))   \
     X(void, SetModuleAttribs, (RedisModuleCtx *, const char *, int, int))                                       \
@@ -89,6 +90,8 @@ typedef struct RedisModuleTypeMethods {
     X(int64_t, LoadSigned, (RedisModuleIO *))                                                                    \
     X(void, SaveString, (RedisModuleIO *, RedisModuleString *))                                                  \
     X(RedisModuleString *, LoadString, (RedisModuleIO *))                                                        \
+    X(void, SaveStringBuffer, (RedisModuleIO *, const char *, size_t))                                           \
+    X(char *, LoadStringBuffer, (RedisModuleIO *, size_t *))                                                     \
     X(void, EmitAOF, (RedisModuleIO *, const char *, const char *, ...))                                         \
     X(void, Log, (RedisModuleCtx *, const char *, const char *, ...))
 

@@ -20,11 +20,13 @@
  *   AI.MODELDEL key;  AI.CONFIG GET MODEL_CHUNK_SIZE;  AI.CONFIG MODEL_CHUNK_SIZE n
  * Tensors are deleted with DEL/UNLINK like any key (SmartRedis does so).
  *
- * Copies: a blob argument is kept as the RedisModuleString the server parsed (RetainString),
- * so storing a tensor copies nothing (Redis hands large bulk arguments over without copying
- * its query buffer); a reply copies it once into the client's output buffer, which the
- * module API cannot avoid. Values are saved in RDB and rewritten to the AOF as the commands
- * that recreate them. Build: native/sstensor/build.sh (gcc -O2 -fPIC -shared).
+ * Copies: a BLOB argument is kept as the RedisModuleString the server parsed (RetainString),
+ * so storing it copies nothing (Redis hands bulk arguments >= 32 KiB over without copying its
+ * query buffer); VALUES are parsed straight into the stored buffer and a tensor without data
+ * is one zeroed allocation (calloc: no fill pass). AI.TENSORGET BLOB replies from the stored
+ * bytes with one copy into the client's output buffer, as GET does: the module API has no
+ * reply that avoids it. Values are saved in RDB and rewritten to the AOF as the commands that
+ * recreate them. Build: native/sstensor/build.sh (gcc -O2 -fPIC -shared).
  */
 #include <math.h>
 #include <stdio.h>
@@ -59,7 +61,9 @@ static int dtype_parse(RedisModuleString *s) {
 typedef struct {
     int dtype, ndims;
     long long dims[MAX_DIMS];
-    RedisModuleString *blob; /* owned (retained or created) */
+    const char *data;         /* the tensor's bytes, C order */
+    size_t len;               /* their count (element count x element size) */
+    RedisModuleString *owner; /* the retained BLOB argument that holds data, or NULL: data is ours to free */
 } Tensor;
 
 typedef struct {
@@ -82,7 +86,8 @@ static void free_strings(RedisModuleString **v, int n) {
 
 static void tensor_free(void *value) {
     Tensor *t = value;
-    RedisModule_FreeString(NULL, t->blob);
+    if (t->owner) RedisModule_FreeString(NULL, t->owner);
+    else RedisModule_Free((void *)t->data);
     RedisModule_Free(t);
 }
 
@@ -97,12 +102,7 @@ static void model_free(void *value) {
     RedisModule_Free(m);
 }
 
-static size_t tensor_mem(const void *value) {
-    const Tensor *t = value;
-    size_t len;
-    RedisModule_StringPtrLen(t->blob, &len);
-    return sizeof(*t) + len;
-}
+static size_t tensor_mem(const void *value) { return sizeof(Tensor) + ((const Tensor *)value)->len; }
 
 static size_t model_mem(const void *value) { return sizeof(Model) + ((const Model *)value)->size; }
 
@@ -130,16 +130,22 @@ static RedisModuleKey *open_typed(RedisModuleCtx *ctx, RedisModuleString *key, i
 static int reply_cstr(RedisModuleCtx *ctx, const char *s) { return RedisModule_ReplyWithStringBuffer(ctx, s, strlen(s)); }
 
 /* ------------------------------------------------------------------ AI.TENSORSET */
-/* Elements in t; -1 when the product of its dimensions overflows. */
+/* Elements in t; -1 when a dimension is negative or their product overflows. */
 static long long tensor_count(const Tensor *t) {
     long long n = 1;
     for (int i = 0; i < t->ndims; i++)
-        if (__builtin_mul_overflow(n, t->dims[i], &n)) return -1;
+        if (t->dims[i] < 0 || __builtin_mul_overflow(n, t->dims[i], &n)) return -1;
     return n;
 }
 
-/* Build a blob from VALUES (small tensors only: every value is parsed). */
-static RedisModuleString *blob_from_values(RedisModuleCtx *ctx, const Tensor *t, RedisModuleString **v, int n) {
+/* Bytes t's shape and dtype need, in *bytes; 0 when that size overflows. */
+static int tensor_bytes(const Tensor *t, size_t *bytes) {
+    long long count = tensor_count(t);
+    return count >= 0 && !__builtin_mul_overflow((size_t)count, DT_SIZE[t->dtype], bytes);
+}
+
+/* Parse VALUES straight into the tensor's own buffer (small tensors only: every value is parsed). */
+static char *data_from_values(const Tensor *t, RedisModuleString **v, int n) {
     size_t esz = DT_SIZE[t->dtype];
     char *buf = RedisModule_Alloc(n * esz + 1);
     for (int i = 0; i < n; i++) {
@@ -162,23 +168,13 @@ static RedisModuleString *blob_from_values(RedisModuleCtx *ctx, const Tensor *t,
             }
         }
     }
-    RedisModuleString *s = RedisModule_CreateString(ctx, buf, n * esz);
-    RedisModule_Free(buf);
-    return s;
+    return buf;
 bad:
     RedisModule_Free(buf);
     return NULL;
 }
 
-static RedisModuleString *zero_blob(RedisModuleCtx *ctx, size_t bytes) {
-    char *buf = RedisModule_Alloc(bytes + 1);
-    memset(buf, 0, bytes);
-    RedisModuleString *s = RedisModule_CreateString(ctx, buf, bytes);
-    RedisModule_Free(buf);
-    return s;
-}
-
-/* Parse "type d1..dn [BLOB b | VALUES ...]" into t (blob owned by t); reply and return ERR on error. */
+/* Parse "type d1..dn [BLOB b | VALUES ...]" into t (data owned by t); reply and return ERR on error. */
 static int tensor_parse(RedisModuleCtx *ctx, RedisModuleString **argv, int argc, Tensor *t) {
     if ((t->dtype = dtype_parse(argv[2])) < 0) return RedisModule_ReplyWithError(ctx, "ERR invalid data type"), REDISMODULE_ERR;
     int i = 3;
@@ -188,29 +184,30 @@ static int tensor_parse(RedisModuleCtx *ctx, RedisModuleString **argv, int argc,
         if (d < 0 || t->ndims == MAX_DIMS) return RedisModule_ReplyWithError(ctx, "ERR invalid or too many dimensions"), REDISMODULE_ERR;
         t->dims[t->ndims++] = d;
     }
-    long long count = tensor_count(t);
     size_t bytes;
-    if (count < 0 || __builtin_mul_overflow((size_t)count, DT_SIZE[t->dtype], &bytes))
-        return RedisModule_ReplyWithError(ctx, "ERR tensor shape too large"), REDISMODULE_ERR;
+    if (!tensor_bytes(t, &bytes)) return RedisModule_ReplyWithError(ctx, "ERR tensor shape too large"), REDISMODULE_ERR;
+    long long count = tensor_count(t);
     const char *fmt = i < argc ? RedisModule_StringPtrLen(argv[i], NULL) : "";
     if (i == argc) {
         /* A shape alone allocates its zeros here: bound it like a bulk argument (proto-max-bulk-len). */
         if (bytes > MAX_ZERO_FILL_BYTES)
             return RedisModule_ReplyWithError(ctx, "ERR tensor without data larger than 512 MiB: send a BLOB"), REDISMODULE_ERR;
-        t->blob = zero_blob(ctx, bytes);
+        t->data = RedisModule_Calloc(bytes ? bytes : 1, 1); /* zeroed pages, no fill pass */
     } else if (strcasecmp(fmt, "BLOB") == 0) {
         size_t len;
         if (argc != i + 2) return RedisModule_WrongArity(ctx), REDISMODULE_ERR;
         RedisModule_StringPtrLen(argv[i + 1], &len);
         if (len != bytes) return RedisModule_ReplyWithError(ctx, "ERR data length does not match tensor shape and type"), REDISMODULE_ERR;
-        t->blob = own(ctx, argv[i + 1]);
+        t->owner = own(ctx, argv[i + 1]);
+        t->data = RedisModule_StringPtrLen(t->owner, NULL);
     } else if (strcasecmp(fmt, "VALUES") == 0) {
         if (argc - i - 1 != count) return RedisModule_ReplyWithError(ctx, "ERR wrong number of values provided"), REDISMODULE_ERR;
-        if (!(t->blob = blob_from_values(ctx, t, argv + i + 1, (int)count)))
+        if (!(t->data = data_from_values(t, argv + i + 1, (int)count)))
             return RedisModule_ReplyWithError(ctx, "ERR invalid value"), REDISMODULE_ERR;
     } else {
         return RedisModule_ReplyWithError(ctx, "ERR invalid argument: expected a dimension, BLOB or VALUES"), REDISMODULE_ERR;
     }
+    t->len = bytes;
     return REDISMODULE_OK;
 }
 
@@ -234,8 +231,7 @@ static int TensorSet(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
 
 /* ------------------------------------------------------------------ AI.TENSORGET */
 static void reply_values(RedisModuleCtx *ctx, const Tensor *t) {
-    size_t len;
-    const char *p = RedisModule_StringPtrLen(t->blob, &len);
+    const char *p = t->data;
     long long n = tensor_count(t);
     RedisModule_ReplyWithArray(ctx, n);
     for (long long i = 0; i < n; i++) {
@@ -278,7 +274,7 @@ static int TensorGet(RedisModuleCtx *ctx, RedisModuleString **argv, int argc) {
         for (int i = 0; i < t->ndims; i++) RedisModule_ReplyWithLongLong(ctx, t->dims[i]);
         if (blob || values) reply_cstr(ctx, blob ? "blob" : "values");
     }
-    if (blob) RedisModule_ReplyWithString(ctx, t->blob); /* one copy, into the output buffer */
+    if (blob) RedisModule_ReplyWithStringBuffer(ctx, t->data, t->len); /* one copy, into the output buffer */
     if (values) reply_values(ctx, t);
     RedisModule_CloseKey(k);
     return REDISMODULE_OK;
@@ -477,7 +473,7 @@ static void tensor_save(RedisModuleIO *io, void *value) {
     RedisModule_SaveUnsigned(io, (uint64_t)t->dtype);
     RedisModule_SaveUnsigned(io, (uint64_t)t->ndims);
     for (int i = 0; i < t->ndims; i++) RedisModule_SaveSigned(io, t->dims[i]);
-    RedisModule_SaveString(io, t->blob);
+    RedisModule_SaveStringBuffer(io, t->data, t->len); /* the same RDB encoding as SaveString */
 }
 
 static void *tensor_load(RedisModuleIO *io, int encver) {
@@ -486,9 +482,12 @@ static void *tensor_load(RedisModuleIO *io, int encver) {
     memset(t, 0, sizeof(*t));
     t->dtype = (int)RedisModule_LoadUnsigned(io);
     t->ndims = (int)RedisModule_LoadUnsigned(io);
-    if (t->dtype < 0 || t->dtype >= DT_COUNT || t->ndims > MAX_DIMS) return RedisModule_Free(t), NULL;
+    if (t->dtype < 0 || t->dtype >= DT_COUNT || t->ndims < 0 || t->ndims > MAX_DIMS) return RedisModule_Free(t), NULL;
     for (int i = 0; i < t->ndims; i++) t->dims[i] = RedisModule_LoadSigned(io);
-    t->blob = RedisModule_LoadString(io);
+    size_t bytes;
+    char *data = RedisModule_LoadStringBuffer(io, &t->len);
+    t->data = data;
+    if (!tensor_bytes(t, &bytes) || bytes != t->len) return RedisModule_Free(data), RedisModule_Free(t), NULL;
     return t;
 }
 
@@ -535,7 +534,7 @@ static void tensor_rewrite(RedisModuleIO *aof, RedisModuleString *key, void *val
     Tensor *t = value;
     RedisModuleString *dims[MAX_DIMS];
     for (int i = 0; i < t->ndims; i++) dims[i] = RedisModule_CreateStringFromLongLong(NULL, t->dims[i]);
-    RedisModule_EmitAOF(aof, "AI.TENSORSET", "scvcs", key, DT_NAME[t->dtype], dims, (size_t)t->ndims, "BLOB", t->blob);
+    RedisModule_EmitAOF(aof, "AI.TENSORSET", "scvcb", key, DT_NAME[t->dtype], dims, (size_t)t->ndims, "BLOB", t->data, t->len);
     for (int i = 0; i < t->ndims; i++) RedisModule_FreeString(NULL, dims[i]);
 }
 
