@@ -24,7 +24,7 @@ import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import cache
 from importlib import metadata
@@ -340,6 +340,24 @@ def _missing(exc: Exception) -> bool:
     return "key is empty" in str(exc) or "does not exist" in str(exc)
 
 
+@cache
+def _put_contiguous() -> Callable[[Any, str, np.ndarray], None]:
+    """SmartRedis's ``Client.put_tensor`` for a C-contiguous array, without its extra copy of views.
+
+    ``Client.put_tensor`` copies every array that is a view (``data.base is not None``: a slice,
+    ``np.frombuffer``, a torch tensor's ``.numpy()``) before the C++ client copies it again; the
+    binding it calls reads any C-contiguous buffer as it is. Errors surface as from ``put_tensor``.
+    """
+    from smartredis.util import Dtypes, exception_handler
+
+    @exception_handler
+    def put_tensor(client: Any, key: str, arr: np.ndarray) -> None:  # errors name "Client.put_tensor"
+        arr = np.ascontiguousarray(arr)  # the binding reads the buffer as C-ordered: never hand it strides
+        client._client.put_tensor(key, Dtypes.tensor_from_numpy(arr), arr)
+
+    return put_tensor  # type: ignore[no-any-return]
+
+
 class SmartSimClient(StagingClient):
     """Staging client over one SmartRedis connection (plus redis-py for ``clean``)."""
 
@@ -357,11 +375,11 @@ class SmartSimClient(StagingClient):
         self._put(key, as_numpy(array))
 
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
-        arr = self._get(key)
+        arr = self._get(key)  # a view of SmartRedis's own copy of the reply: no copy here
         if arr is None or out is None:
             return arr
         check_out(key, out, arr.dtype, arr.shape)
-        np.copyto(out, arr)  # SmartRedis 0.6.1's Python API has no unpack_tensor
+        np.copyto(out, arr)  # SmartRedis 0.6.1's Python API has no unpack_tensor (C, C++ and Fortran do)
         return out
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
@@ -422,7 +440,7 @@ class SmartSimClient(StagingClient):
 
         try:
             if arr.dtype in _NATIVE and arr.dtype.isnative and arr.ndim and arr.size and arr.nbytes <= CHUNK_BYTES:
-                self._sr.put_tensor(key, arr)
+                _put_contiguous()(self._sr, key, arr)
             else:
                 self._put_dataset(key, arr)
         except RedisReplyError as exc:
