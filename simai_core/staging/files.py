@@ -62,8 +62,13 @@ def connect(name: str, address: str) -> FileClient:
 
 
 def raw_reference(name: str, address: str) -> RawReference:
-    """Plain write/readinto of the buffer in the same directory."""
+    """Plain write/readinto of the buffer in the same directory, overwriting in place."""
     return FileRaw(Path(address))
+
+
+def second_references(name: str, address: str) -> dict[str, RawReference]:
+    """The everyday plain write (``open(path, "wb")``): the value lands on fresh pages, as an atomic put's must."""
+    return {"truncate": FileRaw(Path(address), truncate=True)}
 
 
 class FileStagingArea(StagingServer):
@@ -290,8 +295,11 @@ class FileRaw(RawReference):
 
     description = "in-place os.write / os.readv of the raw buffer in the same directory (no header, temp file or rename)"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, truncate: bool = False) -> None:
         self._dir = _Directory(root)
+        self._truncate = truncate
+        if truncate:
+            self.description = "O_TRUNC os.write / os.readv of the raw buffer in the same directory (fresh pages each put)"
 
     def close(self) -> None:
         self._dir.close()
@@ -299,10 +307,11 @@ class FileRaw(RawReference):
     def put(self, key: str, data: memoryview) -> None:
         # In place, not O_TRUNC: truncating frees the pages (blocks) the write then allocates again,
         # twice the time on tmpfs, and on ext4 the close of a truncated file flushes it (milliseconds).
-        fd = os.open(_RAW[key], os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self._dir.fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if self._truncate else 0)
+        fd = os.open(_RAW[key], flags, 0o600, dir_fd=self._dir.fd)
         try:
             _writev_all(fd, (data,), data.nbytes)
-            if os.fstat(fd).st_size > data.nbytes:
+            if not self._truncate and os.fstat(fd).st_size > data.nbytes:
                 os.ftruncate(fd, data.nbytes)
         finally:
             os.close(fd)
