@@ -155,6 +155,27 @@ def test_module_errors(raw, stand_in, command, message):
         raw.execute_command(*command)
 
 
+@pytest.mark.parametrize("nbytes", [1, 65_537, 3 * 2**20 + 7])
+def test_tensor_resp_path_round_trips_every_byte(server, sr, nbytes):
+    """The module's own path in plain RESP (the SmartRedis benchmark's reference) stores what SmartRedis reads."""
+    from simai_core.staging.resp import RespError
+
+    data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    ref = backend.TensorRespRaw(server.address)
+    try:
+        ref.put("resp.t", memoryview(data))
+        np.testing.assert_array_equal(sr.get_tensor("resp.t"), data)
+        sr.put_tensor("resp.s", data[::-1].copy())
+        out = np.zeros_like(data)
+        ref.get("resp.s", memoryview(out))
+        np.testing.assert_array_equal(out, data[::-1])
+        with pytest.raises(RespError, match="tensor key is empty"):
+            ref.get("resp.missing", memoryview(out))
+        ref.put("resp.t", memoryview(data))  # the connection is still in step after an error reply
+    finally:
+        ref.close()
+
+
 def test_wrong_type_is_refused(raw, stand_in):
     import redis
 

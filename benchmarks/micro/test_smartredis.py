@@ -1,5 +1,9 @@
 """SmartRedis-specific micro benchmarks (smartsim backend only), through a bare ``smartredis.Client``.
 
+* ``test_tensor``: ``put_tensor``/``get_tensor`` of ``nbytes`` (uint8), one key per rank, against
+  two paths in the same rounds: ``raw`` (plain RESP SET/GET, the protocol's limit) and ``module``
+  (AI.TENSORSET/AI.TENSORGET BLOB in plain RESP: the tensor module without SmartRedis).
+  ``module_<op>_GBps / raw_<op>_GBps`` is what the module costs; ``<op>_vs_module``, the client.
 * ``test_dataset``: put/get of a Dataset (one tensor of ``nbytes`` plus metadata: a string and
   two scalars), one key per rank overwritten each round; FOMs as the put/get sweep
   (``<op>_latency_s``, ``<op>_GBps``, ``<op>_vs_raw`` against plain RESP SET/GET on the same server).
@@ -13,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,6 +27,7 @@ from simai_core import mpi
 from simai_core.bench.measure import NeighbourPoll, PairedRounds, default_rounds, sync_ranks
 from simai_core.bench.record import AGGREGATE_GBPS, AGGREGATE_OPS, LATENCY, paired_throughput, record
 from simai_core.staging import registry
+from simai_core.staging.base import RawReference
 
 pytestmark = [pytest.mark.micro, pytest.mark.backends("smartsim")]
 AGG_TENSORS, AGG_TENSOR_BYTES, DATASETS_PER_RANK = 4, 1024, 8
@@ -49,6 +55,46 @@ def make_dataset(name: str, tensors: dict[str, np.ndarray], step: int) -> Any:
     ds.add_meta_scalar("step", step)
     ds.add_meta_scalar("time", 0.5 * step)
     return ds
+
+
+def _ref_op(ref: RawReference, key: str, op: str, data: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    if op == "put":
+        return lambda: ref.put(key, memoryview(data))
+    return lambda: ref.get(key, memoryview(out))
+
+
+@pytest.mark.parametrize("op", ["put", "get"])
+def test_tensor(benchmark, backend, sr, staging_pool, simai_run, nbytes, op, pytestconfig):
+    from simai_core.staging.smartsim import TensorRespRaw
+
+    rounds = pytestconfig.getoption("--simai-rounds") or default_rounds(nbytes)
+    name = f"micro.srtensor.{mpi.rank()}"
+    data = np.random.default_rng(mpi.rank()).integers(0, 256, nbytes, dtype=np.uint8)
+    out = np.empty_like(data)
+    address = staging_pool.address(backend)
+    refs = {"raw": registry.raw_reference(backend, address), "module": TensorRespRaw(address)}
+    fetched: list[Any] = []
+    try:
+        for ref_name, ref in refs.items():
+            ref.put(f"{ref_name}.{name}", memoryview(data))
+        sr.put_tensor(name, data)
+        paths = {ref_name: _ref_op(ref, f"{ref_name}.{name}", op, data, out) for ref_name, ref in refs.items()}
+        target = (lambda: sr.put_tensor(name, data)) if op == "put" else (lambda: fetched.append(sr.get_tensor(name)))
+        timing = PairedRounds(target, paths, prepare=fetched.clear)  # one fetched copy at a time
+        benchmark.pedantic(timing.target, setup=timing.setup, rounds=rounds, warmup_rounds=1)
+        timing.finish()
+        for ref_name, ref in refs.items():  # every path brings every byte
+            out.fill(0)
+            ref.get(f"{ref_name}.{name}", memoryview(out))
+            assert np.array_equal(out, data), f"the {ref_name} path lost bytes"
+    finally:
+        for ref in refs.values():
+            ref.close()
+
+    assert np.array_equal(fetched[-1] if fetched else sr.get_tensor(name), data)
+    run = simai_run(backend, {"op": op, "nbytes": nbytes, "rounds": rounds, "raw": refs["raw"].description,
+                              "references": {"module": refs["module"].description}})
+    record(benchmark, run, **paired_throughput(op, timing, nbytes / 1e9))
 
 
 @pytest.mark.parametrize("op", ["put", "get"])

@@ -38,7 +38,7 @@ from simai_core.net import free_port
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 from simai_core.staging.redis import CHUNK_BYTES, glob_escape
-from simai_core.staging.resp import RedisPyRaw, RespRaw
+from simai_core.staging.resp import RedisPyRaw, RespConnection, RespRaw, expect_ok, read_bulk_into
 
 SSTENSOR_DIR = Path(__file__).resolve().parents[2] / "native" / "sstensor"
 SSTENSOR_SO = SSTENSOR_DIR / "build" / "sstensor.so"
@@ -162,6 +162,31 @@ def raw_reference(name: str, address: str) -> RawReference:
 def second_references(name: str, address: str) -> dict[str, RawReference]:
     """Further named paths the micro benchmark reports ratios against: what redis-py (+ hiredis) gets."""
     return {"redispy": RedisPyRaw(f"redis://{address}")}
+
+
+class TensorRespRaw(RawReference):
+    """The tensor module's own path without SmartRedis: AI.TENSORSET/AI.TENSORGET BLOB in plain RESP.
+
+    The bytes go out as :class:`RespRaw` sends them (header, then the buffer itself) as a UINT8
+    tensor, and the BLOB reply is read straight into ``out``. Against :class:`RespRaw` on the same
+    server it measures the module (sstensor or RedisAI); a SmartRedis client against it, the client.
+    """
+
+    description = ("AI.TENSORSET/AI.TENSORGET BLOB (uint8) in plain RESP on a TCP_NODELAY socket: the "
+                   "tensor module's path without SmartRedis, the reply read into the preallocated buffer")
+
+    def __init__(self, address: str) -> None:
+        self._conn = RespConnection(f"redis://{address}")
+
+    def put(self, key: str, data: memoryview) -> None:
+        expect_ok(self._conn.command("AI.TENSORSET", key, "UINT8", data.nbytes, "BLOB", data), f"AI.TENSORSET {key}")
+
+    def get(self, key: str, out: memoryview) -> None:
+        self._conn.send("AI.TENSORGET", key, "BLOB")
+        read_bulk_into(self._conn, key, out)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 # ---------------------------------------------------------------- server
