@@ -73,7 +73,7 @@ def parse_floor(text: str) -> tuple[str, float]:
         floor = float(value)
     except ValueError:
         floor = -1.0
-    if not sep or not name or floor < 0:
+    if not sep or not name or not floor >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"expected FOM:VALUE such as '*_pct:1' or final_skill:0.05, got {text!r}")
     return name, floor
 
