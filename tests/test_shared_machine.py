@@ -391,3 +391,32 @@ def test_redis_leaves_no_password_file_behind(tmp_path: Path) -> None:
     with RedisServer(tmp_path) as server:
         holding = [p for p in tmp_path.rglob("*") if p.is_file() and server.password in p.read_text(errors="replace")]
         assert not holding, f"the password is on disk in {holding}"
+
+
+# --- the filesystem backend's orphan clean-up: this host's dead runs of ours, nothing else -------------
+
+
+def test_orphan_cleanup_keeps_other_hosts_live_runs_and_other_users_directories(tmp_path: Path) -> None:
+    from simai_core.staging.files import FileStagingArea
+
+    dead = _dead_pid()
+    here, host = socket.gethostname(), "another-node.example"
+    other_node = tmp_path / f"simai-filesystem.{host}.{dead}.abc123"  # that pid may be alive over there
+    ours_dead = tmp_path / f"simai-filesystem.{here}.{dead}.def456"
+    ours_live = tmp_path / f"simai-filesystem.{here}.{os.getpid()}.ghi789"
+    theirs_dead = tmp_path / f"simai-filesystem.{here}.{dead}.jkl012"
+    for d in (other_node, ours_dead, ours_live, theirs_dead):
+        d.mkdir()
+    if os.getuid() == 0:
+        os.chown(theirs_dead, OTHER_UID, OTHER_UID)
+    with FileStagingArea("filesystem", tmp_path) as area:
+        assert Path(area.address).name.startswith(f"simai-filesystem.{here}.{os.getpid()}.")
+        assert not ours_dead.exists()
+        assert other_node.exists() and ours_live.exists()
+        assert theirs_dead.exists() or os.getuid() != 0
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -38,6 +38,7 @@ from simai_core import mpi
 from simai_core.bench.measure import default_rounds, sync_ranks
 from simai_core.bench.record import LATENCY, record
 from simai_core.fom import FomSpec, RunInfo
+from simai_core.private import private_dir
 from simai_core.profiles import MachineProfile
 from simai_core.sizes import format_size
 from simai_core.streaming import STREAM_MODES
@@ -96,8 +97,7 @@ class StreamPair:
         if self.shared is None:
             yield tmp_path
             return
-        path = Path(self.shared) / f"simai-adios2-{getpass.getuser()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir(parents=True)
+        path = private_dir(Path(self.shared) / f"simai-adios2-{getpass.getuser()}-{uuid.uuid4().hex[:8]}")
         try:
             yield path
         finally:

@@ -20,8 +20,10 @@ import errno
 import io
 import itertools
 import os
+import re
 import shutil
 import socket
+import stat
 import tempfile
 import weakref
 from functools import lru_cache
@@ -92,7 +94,8 @@ class FileStagingArea(StagingServer):
                                           "set staging.node_local_path / shared_path in the machine profile "
                                           "or pass --simai-staging-path")
         _remove_orphans(self.parent, self.backend)
-        self.path = Path(tempfile.mkdtemp(prefix=f"simai-{self.backend}-{os.getpid()}-", dir=self.parent))
+        prefix = f"simai-{self.backend}.{socket.gethostname()}.{os.getpid()}."
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.parent))
 
     def stop(self) -> None:
         path, self.path = self.path, None
@@ -105,10 +108,20 @@ class FileStagingArea(StagingServer):
 
 
 def _remove_orphans(parent: Path, backend: str) -> None:
-    """Remove staging directories left by killed runs on this host (their creating process is gone)."""
-    for stale in parent.glob(f"simai-{backend}-*-*"):
-        pid = stale.name.split("-")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    """Remove staging directories that killed runs of this user left on this host.
+
+    A directory is named ``simai-<backend>.<host>.<pid>.<random>``. A process id means something
+    only on its own host: on a shared file system another node's live run must keep its
+    directory, so only this host's directories whose process is gone, and that are ours, go.
+    """
+    pattern = re.compile(rf"simai-{re.escape(backend)}\.(?P<host>.+)\.(?P<pid>\d+)\.[^.]+")
+    host, uid = socket.gethostname(), os.getuid()
+    for stale in parent.glob(f"simai-{backend}.*"):
+        match = pattern.fullmatch(stale.name)
+        if match is None or match["host"] != host or Path(f"/proc/{match['pid']}").exists():
+            continue
+        info = stale.lstat()
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == uid:  # never a link, never another user's
             shutil.rmtree(stale, ignore_errors=True)
 
 

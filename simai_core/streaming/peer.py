@@ -15,6 +15,7 @@ It never imports MPI.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -26,7 +27,7 @@ import numpy as np
 from simai_core.streaming.adios2_sst import Adios2StreamWriter
 from simai_core.streaming.base import StreamConfig
 from simai_core.streaming.harness import Plan, join_reader, payload, run_side
-from simai_core.streaming.pair import PairLink
+from simai_core.streaming.pair import TOKEN_ENV, PairLink
 from simai_core.streaming.sides import make_side
 
 
@@ -64,7 +65,8 @@ def main(argv: list[str]) -> int:
     """Connect to the parent and serve it; exit code 1 (traceback on stderr) on any failure."""
     address, timeout_s = argv[1], float(argv[2])
     try:
-        link = PairLink.connect(address, timeout_s)
+        # The token leaves the environment first: nothing this process starts inherits it.
+        link = PairLink.connect(address, timeout_s, token=os.environ.pop(TOKEN_ENV, None) or None)
         try:
             serve(link, timeout_s)
         finally:
