@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print the FOM table of a run")
     show.add_argument("runs", metavar="RUN", nargs="+", help="JSON file(s) or storage run id(s)")
     show.add_argument("--storage", type=Path, default=None, metavar="DIR", help=STORAGE_HELP)
+
+    summ = sub.add_parser("summary", help="what ran, and the best and worst ratio to the raw limit (make bench)")
+    summ.add_argument("run", metavar="RUN", help="JSON file or storage run id")
+    summ.add_argument("--report", type=Path, default=None, metavar="DIR", help="also write the report and plots there")
+    summ.add_argument("--storage", type=Path, default=None, metavar="DIR", help=STORAGE_HELP)
     return parser
 
 
@@ -208,6 +213,18 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_summary(args: argparse.Namespace, console: Console) -> int:
+    """Print the summary of one run, after writing its report when asked."""
+    from simai_core.report.summary import summary_lines
+
+    [run] = _load([args.run], args.storage)
+    if args.report is not None:
+        cmd_report(argparse.Namespace(runs=[args.run], output=args.report, storage=args.storage), Console(quiet=True))
+    for line in summary_lines(run, str(args.report) if args.report is not None else None):
+        console.print(line, highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
 def _console() -> Console:
     """Stdout console; piped into a CI log (no terminal, no COLUMNS) it is 160 wide, not rich's 80."""
     if sys.stdout.isatty() or "COLUMNS" in os.environ:
@@ -215,7 +232,8 @@ def _console() -> Console:
     return Console(width=160)
 
 
-COMMANDS = {"compare": cmd_compare, "gate-check": cmd_gate_check, "report": cmd_report, "show": cmd_show}
+COMMANDS = {"compare": cmd_compare, "gate-check": cmd_gate_check, "report": cmd_report, "show": cmd_show,
+            "summary": cmd_summary}
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:

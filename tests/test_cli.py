@@ -267,3 +267,18 @@ def test_two_real_mini_runs_are_compared_benchmark_by_benchmark(tmp_path: Path) 
     # 0 or 1 is noise between two real runs (a skill near zero swings by 1000 %); 2 would be "nothing matched".
     assert code in (0, 1), text
     assert "test_online_training[nodelocal-clustered-mlp]" in text and "time_to_solution_s" in text
+
+
+def test_summary_names_the_best_and_worst_ratio_and_writes_the_report(tmp_path, base):
+    code, out = run_cli("summary", base, "--report", str(tmp_path / "rep"))
+    assert code == 0
+    assert "benchmarks on filesystem, redis" in out
+    best = next(line for line in out.splitlines() if line.startswith("closest to the raw limit:"))
+    worst = next(line for line in out.splitlines() if line.startswith("furthest from it:"))
+    assert _ratio(best) >= _ratio(worst)
+    assert (tmp_path / "rep" / "report.html").is_file() and "report.html" in out
+
+
+def _ratio(line: str) -> float:
+    """``... redis get 1MiB: 0.93x of raw (...)`` -> 0.93."""
+    return float(line.split(": ")[-1].split("x of raw")[0])
