@@ -420,3 +420,26 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+# --- no secret on a command line ------------------------------------------------------------------
+
+
+def test_a_serial_runs_trainer_gets_the_staging_password_in_its_environment_not_its_cmdline(tmp_path: Path) -> None:
+    from simai_core.staging.redis import RedisServer
+    from simai_core.workflow.config import WorkflowConfig
+    from simai_core.workflow.launch import ADDRESS_ENV, ComponentProcess
+
+    with RedisServer(tmp_path / "redis") as server:
+        cfg = WorkflowConfig.model_validate({"problem": {"size": "debug"}, "startup_timeout_s": 5})
+        trainer = ComponentProcess("train", cfg, "redis", server.address, tmp_path / "train", time.time())
+        try:
+            proc = Path(f"/proc/{trainer.pid}")
+            deadline = time.monotonic() + 30
+            while b"simai_core.workflow.launch" not in (proc / "cmdline").read_bytes():  # past its exec
+                assert time.monotonic() < deadline, "the trainer never started"
+                time.sleep(0.01)
+            assert server.password.encode() not in (proc / "cmdline").read_bytes()
+            assert f"{ADDRESS_ENV}={server.address}".encode() in (proc / "environ").read_bytes()  # readable by its user only
+        finally:
+            trainer.kill()

@@ -49,6 +49,9 @@ def run_component(cfg: WorkflowConfig, role: Role, client: StagingClient, start_
                                scope=role.scope, error=message, detail=detail)
 
 
+ADDRESS_ENV = "SIMAI_STAGING_ADDRESS"
+
+
 class ComponentProcess:
     """A component running in a child process; :meth:`wait` returns its report."""
 
@@ -62,12 +65,14 @@ class ComponentProcess:
         self.report_path.unlink(missing_ok=True)
         self.log_path = workdir / f"{component}.log"
         args = [sys.executable, "-m", "simai_core.workflow.launch", component, "--config", str(config),
-                "--backend", backend, "--address", address, "--start-epoch", repr(start_epoch_s),
-                "--report", str(self.report_path)]
+                "--backend", backend, "--start-epoch", repr(start_epoch_s), "--report", str(self.report_path)]
         if profile_backend:
             args += ["--profile-backend", profile_backend]
         self._log: IO[bytes] = self.log_path.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=_child_env())
+        # The address may hold the staging password: the environment (readable by this user only), never argv
+        # (every user can read /proc/<pid>/cmdline).
+        env = _child_env() | {ADDRESS_ENV: address}
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     @property
     def pid(self) -> int:
@@ -117,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("component", choices=["sim", "train"])
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--backend", required=True)
-    parser.add_argument("--address", required=True)
     parser.add_argument("--start-epoch", type=float, default=None)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--profile-backend", default=None)
@@ -125,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
     cfg = WorkflowConfig.model_validate_json(args.config.read_text())
-    client = registry.connect(args.backend, args.address)
+    address = os.environ.pop(ADDRESS_ENV, None)  # not inherited by anything this process starts
+    if not address:
+        parser.error(f"${ADDRESS_ENV} is not set: the parent passes the staging address there")
+    client = registry.connect(args.backend, address)
     try:
         start = args.start_epoch if args.start_epoch is not None else time.time()
         report = run_component(cfg, serial_role(args.component, MPI.COMM_WORLD), client, start, args.profile_backend)
