@@ -160,8 +160,8 @@ def raw_reference(name: str, address: str) -> RawReference:
 
 
 def second_references(name: str, address: str) -> dict[str, RawReference]:
-    """Further named paths the micro benchmark reports ratios against: what redis-py (+ hiredis) gets."""
-    return {"redispy": RedisPyRaw(f"redis://{address}")}
+    """Further named paths the put/get sweep reports: the tensor module without SmartRedis, and redis-py."""
+    return {"module": TensorRespRaw(address), "redispy": RedisPyRaw(f"redis://{address}")}
 
 
 class TensorRespRaw(RawReference):
