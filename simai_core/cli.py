@@ -74,7 +74,7 @@ def parse_floor(text: str) -> tuple[str, float]:
     except ValueError:
         floor = -1.0
     if not sep or not name or not floor >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected FOM:VALUE such as '*_pct:1' or final_skill:0.05, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected FOM:VALUE such as '*_pct:1' or final_skill:0.1, got {text!r}")
     return name, floor
 
 
@@ -87,7 +87,7 @@ def _gate_options(cmd: argparse.ArgumentParser) -> None:
                      help="own threshold for a FOM, glob or time.median/time.mean (repeatable)")
     cmd.add_argument("--floor", type=parse_floor, action="append", default=[], metavar="FOM:VALUE",
                      help="absolute floor of the change of a FOM (glob), in its unit; defaults '*_pct:1' "
-                          "and '*skill*:0.05' (repeatable)")
+                          "and '*skill*:0.1' (repeatable)")
     cmd.add_argument("--alpha", type=parse_alpha, default=None, metavar="P",
                      help="family-wise false-alarm rate of the significance tests of one comparison (default 0.01)")
     cmd.add_argument("--null", choices=("margin", "zero"), default="margin",

@@ -214,17 +214,17 @@ def test_near_zero_skill_and_shares_are_judged_in_their_unit():
     skill, share = (next(r for r in comp.rows if r.benchmark == bench and r.metric == m)
                     for m in ("final_skill", "sim_unaccounted_pct"))
     assert skill.status == share.status == "same" and comp.ok
-    assert skill.change_pct == pytest.approx(-200) and skill.margin == pytest.approx(0.05)
+    assert skill.change_pct == pytest.approx(-200) and skill.margin == pytest.approx(0.1)
     assert share.margin == pytest.approx(1.0)
-    # A skill that falls by 0.1 (0.6 -> 0.5, -17 %) and a share that grows by 3 points are worse.
-    fn["final_skill"]["value"], fn["sim_unaccounted_pct"]["value"] = 0.5, 3.5
+    # A skill that falls by 0.15 (0.6 -> 0.45, -25 %) and a share that grows by 3 points are worse.
+    fn["final_skill"]["value"], fn["sim_unaccounted_pct"]["value"] = 0.45, 3.5
     fb["final_skill"]["value"] = 0.6
     comp = compare_runs(base, new)
     assert {(r.benchmark, r.metric) for r in comp.regressions} == {(bench, "final_skill"), (bench, "sim_unaccounted_pct")}
     console = Console(record=True, width=220, color_system=None)
     comp.render(console)
     text = console.export_text()
-    assert "+3.00 pt" in text and "-0.100" in text and "by more than 1.00 pt" in text
+    assert "+3.00 pt" in text and "-0.150" in text and "by more than 1.00 pt" in text
     # The floors are settings: a 0.01 floor for ratios makes the small skill change count.
     fn["final_skill"]["value"], fb["final_skill"]["value"] = -0.01, 0.01
     assert "final_skill" in {r.metric for r in compare_runs(base, new, floors={"final_skill": 0.01}).regressions}
