@@ -45,8 +45,12 @@ def _outcomes(runs: list[Run]) -> list[str]:
             out = getattr(b.simai, "outcome", None) if b.simai else None
             if isinstance(out, dict):
                 verdict = "converged" if out.get("converged") else "did NOT converge"
-                lines.append(f"{b.name}: {verdict} ({out.get('reason', '')}; final MSE {out.get('final_mse')}, "
-                             f"tolerance {out.get('tolerance')})")
+                if out.get("criterion", "mse") == "mse":
+                    rule = f"criterion mse: final MSE {out.get('final_mse')}, tolerance {out.get('tolerance')}"
+                else:
+                    rule = (f"criterion {out.get('criterion')}: skill {out.get('skill')} (min {out.get('min_skill')}), "
+                            f"final MSE {out.get('final_mse')}, persistence {out.get('persistence_mse')}")
+                lines.append(f"{b.name}: {verdict} ({out.get('reason', '')}; {rule})")
     return lines
 
 

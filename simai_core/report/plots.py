@@ -25,9 +25,13 @@ from simai_core.report.units import human_size, sig
 # One colour per event kind / overhead component, shared by the breakdown and the timeline.
 KIND_COLORS = {
     "step": "#9ecae1", "compute": "#6baed6", "epoch": "#c7e9c0", "meta": "#756bb1", "data": "#fd8d3c", "checkpoint": "#d62728",
-    "inference": "#2ca02c", "wait": "#bdbdbd", "unaccounted": "#636363",
+    "inference": "#2ca02c", "wait": "#bdbdbd", "unaccounted": "#636363", "graph_build": "#8c564b",
+    "process_group": "#e377c2", "checkpoint_serialize": "#ff9896", "checkpoint_load": "#f7b6d2", "stream_late": "#17becf",
 }
-OVERHEAD_ORDER = ("meta", "data", "checkpoint", "inference", "wait", "unaccounted")
+# Staging traffic first, then coupling compute, then waiting and what no timer saw.
+OVERHEAD_ORDER = ("meta", "data", "checkpoint", "graph_build", "process_group", "checkpoint_serialize",
+                  "checkpoint_load", "inference", "wait", "unaccounted")
+_TOTALS = ("overhead", "coupling_compute")  # sums of other parts: stacking them too would count those twice
 # Timeline bar heights of the kinds that span others (an epoch holds compute and data sections).
 LANE_HEIGHTS = {"epoch": 0.9, "step": 0.7, "compute": 0.7}
 LINESTYLES = ("-", "--", ":", "-.")
@@ -161,8 +165,7 @@ def overhead_data(runs: list[Run]) -> list[tuple[str, dict[str, dict[str, float]
             parts: dict[str, dict[str, float]] = defaultdict(dict)
             for name, f in b.foms.items():
                 m = _PCT.match(name)
-                # *_overhead_pct is the sum of the coupling parts: stacking it too would count them twice.
-                if m and b.level == "mini" and m.group(2) != "overhead":
+                if m and b.level == "mini" and m.group(2) not in _TOTALS:
                     parts[m.group(1)][m.group(2)] = f.value
             if parts:
                 rows.append((run, b, dict(parts)))
