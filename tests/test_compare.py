@@ -359,3 +359,23 @@ def test_a_sum_over_ranks_is_tested_in_its_samples_scale():
     g["value"], g["samples"] = 3.0, [0.75 * x for x in samples.scattered(1.0, 20, 0.03, 2)]
     [row] = _rows(compare_runs(base, new), "put_GBps")
     assert row.status == "worse" and row.p_value is not None and row.p_value < 1e-4
+
+
+def test_gate_check_injects_the_change_in_each_figures_bad_direction():
+    from simai_core.report.gate_check import inject
+    from simai_core.report.loading import parse_run
+
+    run = parse_run(samples.with_samples(samples.micro_run(backends=("redis",), sizes=(1024,), ops=("put",)), n=4))
+    worse = inject(run, 25)
+    [b], [w] = run.benches, worse.benches
+    for name in ("put_latency_s", "put_GBps"):
+        k = 1.25 if b.foms[name].better == "lower" else 0.75
+        assert w.foms[name].value == pytest.approx(k * b.foms[name].value)
+        assert w.foms[name].samples == pytest.approx([k * x for x in b.foms[name].samples or []])
+        assert w.foms[name].ranks.max == pytest.approx(k * b.foms[name].ranks.max)
+    assert w.stats["median"] == pytest.approx(1.25 * b.stats["median"])
+    assert w.round_times == pytest.approx([1.25 * x for x in b.round_times or []])
+    alone = inject(run, 25, (b.name, "put_GBps")).benches[0]
+    assert alone.foms["put_latency_s"] == b.foms["put_latency_s"] and alone.stats == b.stats
+    assert alone.foms["put_GBps"].value == pytest.approx(0.75 * b.foms["put_GBps"].value)
+    assert run.benches[0].foms["put_GBps"].value == b.foms["put_GBps"].value  # the run itself is untouched
