@@ -102,7 +102,7 @@ def test_workflow_converges_over_mpi(shared_files, model):
     cfg = WorkflowConfig.model_validate({**FAST, "trainer": {"model": {"kind": model}}})
     result = run_mpi(cfg, "filesystem", address, mpi.world())
     result.raise_for_errors()
-    assert result.outcome.converged
+    assert result.outcome.converged and result.outcome.skill > 0
     assert len(result.reports) == mpi.size()
     for report in result.reports:
         # Complete accounting, not a timing target: on an oversubscribed node a rank can be descheduled
@@ -123,7 +123,7 @@ def test_streamed_workflow_converges_over_mpi(shared_files, tmp_path, mode):
     cfg = WorkflowConfig.model_validate({**FAST, "streamed_data": {"mode": mode}})
     result = run_mpi(cfg, "filesystem", address, mpi.world(), workdir=tmp_path)
     result.raise_for_errors()
-    assert result.outcome.converged
+    assert result.outcome.converged and result.outcome.skill > 0
     counts = result.stream_counts()
     sync_steps = -(-result.outcome.steps // cfg.simulation.train_interval)
     assert counts["steps_written"] == result.detail()["sim_ranks"] * sync_steps

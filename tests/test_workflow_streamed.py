@@ -31,7 +31,7 @@ def run_converged(mode: str, address: str, tmp_path) -> tuple[WorkflowConfig, Wo
     cfg = streamed(mode)
     result = run_serial(cfg, "filesystem", address, tmp_path)
     result.raise_for_errors()
-    assert result.outcome.converged
+    assert result.outcome.converged and result.outcome.skill > 0
     counters = next(r.detail for r in result.reports if r.component == "train")
     sync_steps = -(-result.outcome.steps // cfg.simulation.train_interval)
     assert counters["stream_steps_written"] == sync_steps
