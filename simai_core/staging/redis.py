@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ class RedisClient(StagingClient):
 
     def put_tensor(self, key: str, array: ArrayLike) -> None:
         arr = as_numpy(array)
-        self._put(key, {"dtype": arr.dtype.str, "shape": list(arr.shape)}, arr.data.cast("B"))
+        self._put(key, arr.dtype.str, arr.shape, arr.data.cast("B"))
 
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         def target(meta: dict[str, Any]) -> np.ndarray:
@@ -202,7 +203,7 @@ class RedisClient(StagingClient):
         return self._get(key, target)
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
-        self._put(key, {"dtype": None, "shape": None}, memoryview(data).cast("B"))
+        self._put(key, None, None, memoryview(data).cast("B"))
 
     def get_bytes(self, key: str) -> bytes | None:
         value = self._get(key, lambda meta: np.empty(meta["nbytes"], np.uint8))
@@ -235,12 +236,11 @@ class RedisClient(StagingClient):
         """Run any Redis command on this client's connection (for tests and diagnostics)."""
         return self._conn.command(*args)
 
-    def _put(self, key: str, meta: dict[str, Any], payload: memoryview) -> None:
+    def _put(self, key: str, dtype: str | None, shape: tuple[int, ...] | None, payload: memoryview) -> None:
         nchunks = max(1, -(-payload.nbytes // CHUNK_BYTES))
-        meta.update(nbytes=payload.nbytes, nchunks=nchunks)
-        if nchunks > 1:
-            meta["write"] = secrets.token_hex(8)  # tells a two-read get that both reads saw one write
-        pairs: list[Any] = [_meta_key(key), json.dumps(meta)]
+        # A write id tells a two-read get that both reads saw one write; one-chunk metadata repeats, so it is cached.
+        write = secrets.token_hex(8) if nchunks > 1 else None
+        pairs: list[Any] = [_meta_key(key), _meta_json(dtype, shape, payload.nbytes, nchunks, write)]
         for i in range(nchunks):
             pairs += [_chunk_key(key, i), payload[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]]
         try:
@@ -309,6 +309,12 @@ class RedisClient(StagingClient):
                 same = False
                 self._conn.skip(size)
         return same
+
+
+@lru_cache(maxsize=1024)
+def _meta_json(dtype: str | None, shape: tuple[int, ...] | None, nbytes: int, nchunks: int, write: str | None) -> bytes:
+    meta = {"dtype": dtype, "shape": None if shape is None else list(shape), "nbytes": nbytes, "nchunks": nchunks}
+    return json.dumps(meta if write is None else {**meta, "write": write}).encode()
 
 
 def _meta_key(key: str) -> str:
