@@ -4,7 +4,7 @@ A benchmark's ``extra_info`` in the pytest-benchmark JSON holds two blocks:
 
 * ``simai``: ``{schema, level, motif, backend, backend_detail, deployment,
   world_size, machine, params}`` (see :class:`RunInfo`);
-* ``fom``: ``{name: {value, unit, better, ranks: {min, mean, max}, samples}}``
+* ``fom``: ``{name: {value, unit, better, ranks: {min, mean, max}, samples, samples_layout}}``
   (see :class:`Fom`). GB means 1e9 bytes.
 """
 
@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = 1
 
 Better = Literal["higher", "lower"]
+# How ``Fom.samples`` is laid out: one per round; one per rank; or rank-major, each rank's rounds in order.
+SamplesLayout = Literal["rounds", "ranks", "ranks_x_rounds"]
 Combine = Literal["mean", "sum", "max", "min", "window"]  # window: measured over the ranks' common window
 
 _COMBINERS: dict[str, Callable[[list[float]], float]] = {
@@ -48,6 +50,9 @@ class Fom(BaseModel):
     samples: list[float] | None = Field(
         None, description="The observations behind `value`, in its unit, for statistical comparison: one per round "
                           "(measured aggregates) or one per round and rank, or one per rank (workflow figures)")
+    samples_layout: SamplesLayout | None = Field(
+        None, description="rounds (measured aggregates, ratios of them), ranks (one value per rank) or ranks_x_rounds "
+                          "(rank-major: rank 0's rounds, then rank 1's, ...)")
 
 
 class RunInfo(BaseModel):
@@ -90,6 +95,7 @@ def reduce_foms(
             better=spec.better,
             ranks=RankSpread(min=min(values), mean=sum(values) / len(values), max=max(values)),
             samples=values,
+            samples_layout="ranks",
         )
     return foms
 
@@ -105,7 +111,8 @@ def ratio_fom(numerator: Fom, denominator: Fom, per_rank: Iterable[float] = ()) 
     if numerator.samples and denominator.samples and len(numerator.samples) == len(denominator.samples):
         paired = [n / d for n, d in zip(numerator.samples, denominator.samples, strict=True) if d]
     return Fom(value=value, unit="ratio", better=numerator.better,
-               ranks=RankSpread(min=min(spread), mean=sum(spread) / len(spread), max=max(spread)), samples=paired)
+               ranks=RankSpread(min=min(spread), mean=sum(spread) / len(spread), max=max(spread)), samples=paired,
+               samples_layout=numerator.samples_layout if paired else None)
 
 
 def extra_info(run: RunInfo, foms: Mapping[str, Fom]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def test_a_late_client_lowers_the_aggregate_but_not_its_own_rate():
     assert fast.value == pytest.approx(200.0) and slow.value == pytest.approx(2 / 0.06)
     # each client's own rate is the same: only the window shows the delay
     assert fast.ranks.model_dump() == pytest.approx(slow.ranks.model_dump())
-    assert slow.samples is not None and len(slow.samples) == 5
+    assert slow.samples is not None and len(slow.samples) == 5 and slow.samples_layout == "rounds"
 
 
 def test_clients_that_move_nothing_do_not_enter_the_spread():

@@ -39,7 +39,8 @@ def test_only_rank_zero_writes_the_json(tmp_path):
     assert fom["latency_s"]["unit"] == "s" and fom["latency_s"]["better"] == "lower"
     ops = fom["ops_per_s"]  # measured over each round's common window: one sample per round, value their median
     assert len(ops["samples"]) == 3 and ops["value"] == pytest.approx(sorted(ops["samples"])[1])
-    assert len(fom["latency_s"]["samples"]) == 3 * 2  # rounds x ranks
+    assert len(fom["latency_s"]["samples"]) == 3 * 2 and fom["latency_s"]["samples_layout"] == "ranks_x_rounds"
+    assert ops["samples_layout"] == "rounds"
     assert fom["latency_s"]["ranks"]["min"] <= fom["latency_s"]["value"] <= fom["latency_s"]["ranks"]["max"]
 
 

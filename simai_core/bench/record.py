@@ -47,6 +47,8 @@ def record(
     foms = reduce_foms(per_rank, {n: s for n, s in specs.items() if s.combine != "window"})
     for name, fom in foms.items():  # rounds x ranks, for a statistical comparison
         fom.samples = [x for rank in per_rank_samples for x in rank.get(name, [])]
+        if len(fom.samples) > len(per_rank_samples):
+            fom.samples_layout = "ranks_x_rounds"
     for name, (windows, amount) in (aggregates or {}).items():
         foms[name] = window_fom(windows, amount, specs[name])
     foms.update(measured or {})
@@ -77,7 +79,8 @@ def aggregate_fom(windows: Sequence[Sequence[Window]], amounts: Sequence[float],
     own = [statistics.median([a / (e - s) for s, e in w if e > s]) for w, a in zip(windows, amounts, strict=True) if a and w]
     own = own or [float("nan")]
     return Fom(value=statistics.median(rounds) if rounds else float("nan"), unit=spec.unit, better=spec.better,
-               ranks=RankSpread(min=min(own), mean=sum(own) / len(own), max=max(own)), samples=rounds)
+               ranks=RankSpread(min=min(own), mean=sum(own) / len(own), max=max(own)), samples=rounds,
+               samples_layout="rounds")
 
 
 def window_fom(windows: Sequence[Window], amount: float, spec: FomSpec) -> Fom:
