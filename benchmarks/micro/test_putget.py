@@ -16,18 +16,11 @@ import numpy as np
 import pytest
 
 from simai_core import mpi
-from simai_core.bench.measure import PairedRounds, default_rounds
+from simai_core.bench.measure import PairedRounds, check_references, default_rounds, reference_op
 from simai_core.bench.record import paired_throughput, record
 from simai_core.staging import registry
-from simai_core.staging.base import RawReference
 
 pytestmark = pytest.mark.micro
-
-
-def _raw_op(ref: RawReference, key: str, op: str, data: np.ndarray, out: np.ndarray):
-    if op == "put":
-        return lambda: ref.put(key, memoryview(data))
-    return lambda: ref.get(key, memoryview(out))
 
 
 @pytest.mark.parametrize("op", ["put", "get"])
@@ -43,16 +36,13 @@ def test_tensor(benchmark, backend, staging, staging_pool, simai_run, nbytes, op
             staging.put_tensor(key, data)
             for name, ref in refs.items():
                 ref.put(f"{name}.{key}", memoryview(data))
-        paths = {name: _raw_op(ref, f"{name}.{key}", op, data, out) for name, ref in refs.items()}
+        paths = {name: reference_op(ref, f"{name}.{key}", op, data, out) for name, ref in refs.items()}
         target = (lambda: staging.put_tensor(key, data)) if op == "put" else (lambda: staging.get_tensor(key, out=out))
         timing = PairedRounds(target, paths)
         benchmark.pedantic(timing.target, setup=timing.setup, rounds=rounds, warmup_rounds=1)
         timing.finish()
         if op == "get":  # each reference's get must bring every byte too
-            for name, ref in refs.items():
-                out.fill(0)
-                ref.get(f"{name}.{key}", memoryview(out))
-                assert np.array_equal(out, data), f"the {name} path's get lost bytes"
+            check_references(refs, key, data, out)
     finally:
         for ref in refs.values():
             ref.close()

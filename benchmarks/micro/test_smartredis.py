@@ -17,17 +17,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
 
 from simai_core import mpi
-from simai_core.bench.measure import NeighbourPoll, PairedRounds, default_rounds, sync_ranks
+from simai_core.bench.measure import NeighbourPoll, PairedRounds, check_references, default_rounds, reference_op, sync_ranks
 from simai_core.bench.record import AGGREGATE_GBPS, AGGREGATE_OPS, LATENCY, paired_throughput, record
 from simai_core.staging import registry
-from simai_core.staging.base import RawReference
 
 pytestmark = [pytest.mark.micro, pytest.mark.backends("smartsim")]
 AGG_TENSORS, AGG_TENSOR_BYTES, DATASETS_PER_RANK = 4, 1024, 8
@@ -57,12 +55,6 @@ def make_dataset(name: str, tensors: dict[str, np.ndarray], step: int) -> Any:
     return ds
 
 
-def _ref_op(ref: RawReference, key: str, op: str, data: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    if op == "put":
-        return lambda: ref.put(key, memoryview(data))
-    return lambda: ref.get(key, memoryview(out))
-
-
 @pytest.mark.parametrize("op", ["put", "get"])
 def test_tensor(benchmark, backend, sr, staging_pool, simai_run, nbytes, op, pytestconfig):
     from simai_core.staging.smartsim import TensorRespRaw
@@ -78,15 +70,12 @@ def test_tensor(benchmark, backend, sr, staging_pool, simai_run, nbytes, op, pyt
         for ref_name, ref in refs.items():
             ref.put(f"{ref_name}.{name}", memoryview(data))
         sr.put_tensor(name, data)
-        paths = {ref_name: _ref_op(ref, f"{ref_name}.{name}", op, data, out) for ref_name, ref in refs.items()}
+        paths = {ref_name: reference_op(ref, f"{ref_name}.{name}", op, data, out) for ref_name, ref in refs.items()}
         target = (lambda: sr.put_tensor(name, data)) if op == "put" else (lambda: fetched.append(sr.get_tensor(name)))
         timing = PairedRounds(target, paths, prepare=fetched.clear)  # one fetched copy at a time
         benchmark.pedantic(timing.target, setup=timing.setup, rounds=rounds, warmup_rounds=1)
         timing.finish()
-        for ref_name, ref in refs.items():  # every path brings every byte
-            out.fill(0)
-            ref.get(f"{ref_name}.{name}", memoryview(out))
-            assert np.array_equal(out, data), f"the {ref_name} path lost bytes"
+        check_references(refs, name, data, out)
     finally:
         for ref in refs.values():
             ref.close()

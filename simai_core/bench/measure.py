@@ -11,6 +11,7 @@ import numpy as np
 
 from simai_core import mpi
 from simai_core.bench.clock import global_clock
+from simai_core.staging.base import RawReference
 
 
 def sync_ranks() -> None:
@@ -76,6 +77,21 @@ class PairedRounds:
             start = self._clock.now()
             ref()
             self._windows[name].append((start, self._clock.now()))
+
+
+def reference_op(ref: RawReference, key: str, op: str, data: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    """One timed call of a reference path: put ``data`` under ``key`` (op ``put``), or get it into ``out``."""
+    if op == "put":
+        return lambda: ref.put(key, data.data)
+    return lambda: ref.get(key, out.data)
+
+
+def check_references(refs: Mapping[str, RawReference], key: str, data: np.ndarray, out: np.ndarray) -> None:
+    """Each path's get of ``<name>.<key>`` brings every byte of ``data`` (``out`` is zeroed first)."""
+    for name, ref in refs.items():
+        out.fill(0)
+        ref.get(f"{name}.{key}", out.data)
+        assert np.array_equal(out, data), f"the {name} path lost bytes"
 
 
 def median(samples: list[float]) -> float:
