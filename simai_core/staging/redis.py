@@ -238,9 +238,11 @@ class RedisClient(StagingClient):
 
     def _put(self, key: str, dtype: str | None, shape: tuple[int, ...] | None, payload: memoryview) -> None:
         nchunks = max(1, -(-payload.nbytes // CHUNK_BYTES))
-        # A write id tells a two-read get that both reads saw one write; one-chunk metadata repeats, so it is cached.
-        write = secrets.token_hex(8) if nchunks > 1 else None
-        pairs: list[Any] = [_meta_key(key), _meta_json(dtype, shape, payload.nbytes, nchunks, write)]
+        if nchunks == 1:  # the same metadata repeats put after put: cached
+            meta = _cached_meta_json(dtype, shape, payload.nbytes)
+        else:  # a write id tells a two-read get that both reads saw one write
+            meta = _meta_json(dtype, shape, payload.nbytes, nchunks, secrets.token_hex(8))
+        pairs: list[Any] = [_meta_key(key), meta]
         for i in range(nchunks):
             pairs += [_chunk_key(key, i), payload[i * CHUNK_BYTES:(i + 1) * CHUNK_BYTES]]
         try:
@@ -311,10 +313,13 @@ class RedisClient(StagingClient):
         return same
 
 
-@lru_cache(maxsize=1024)
-def _meta_json(dtype: str | None, shape: tuple[int, ...] | None, nbytes: int, nchunks: int, write: str | None) -> bytes:
+def _meta_json(dtype: str | None, shape: tuple[int, ...] | None, nbytes: int, nchunks: int = 1,
+               write: str | None = None) -> bytes:
     meta = {"dtype": dtype, "shape": None if shape is None else list(shape), "nbytes": nbytes, "nchunks": nchunks}
     return json.dumps(meta if write is None else {**meta, "write": write}).encode()
+
+
+_cached_meta_json = lru_cache(maxsize=1024)(_meta_json)  # one-chunk values only: a write id is never cached
 
 
 def _meta_key(key: str) -> str:

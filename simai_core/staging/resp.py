@@ -107,19 +107,11 @@ class RespConnection:
 
     def array_header(self) -> int | None:
         """Read an array reply's length (None for a null array)."""
-        kind, rest = self._header()
-        if kind != b"*":
-            return self._unexpected(kind, rest, "an array")
-        n = int(rest)
-        return None if n < 0 else n
+        return self._length(b"*", "an array")
 
     def bulk_header(self) -> int | None:
         """Read a bulk string's length (None for a null bulk); read its bytes next with :meth:`bulk_into` or :meth:`skip`."""
-        kind, rest = self._header()
-        if kind != b"$":
-            return self._unexpected(kind, rest, "a bulk string")
-        n = int(rest)
-        return None if n < 0 else n
+        return self._length(b"$", "a bulk string")
 
     def bulk_into(self, out: memoryview) -> None:
         """Read a bulk string's ``len(out)`` bytes straight into ``out`` (after :meth:`bulk_header`)."""
@@ -143,6 +135,14 @@ class RespConnection:
     def _header(self) -> tuple[bytes, bytes]:
         line = self._line()
         return line[:1], line[1:]
+
+    def _length(self, wanted: bytes, what: str) -> int | None:
+        """The length of the next reply, which must be of type ``wanted`` (None for a null one)."""
+        kind, rest = self._header()
+        if kind != wanted:
+            return self._unexpected(kind, rest, what)
+        n = int(rest)
+        return None if n < 0 else n
 
     def _simple(self, kind: bytes, rest: bytes) -> Any:
         if kind == b"+":
