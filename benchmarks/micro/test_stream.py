@@ -10,15 +10,16 @@ Every GB/s FOM is one pair's own rate, averaged over pairs (``*_GBps_per_pair``)
 time their bursts on one clock, so no aggregate over pairs is claimed.
 
 FOMs of ``test_stream`` (reader ranks unless noted):
-``stream_GBps`` (bytes received per burst over the time to the last of them),
+``stream_GBps_per_pair`` (bytes received per burst over the time to the last of them),
 ``step_latency_s`` (the first step of a burst: writer's begin_step to data in the reader's buffer),
 ``step_interval_s`` (between steps inside a burst), ``discarded_steps`` (steps written in the
-timed rounds that never arrived: 0 in sync mode), ``raw_GBps`` (TCP socket, same bytes, same
-processes), ``stream_vs_raw``, and on the writer ranks ``producer_GBps`` (burst over the
+timed rounds that never arrived: 0 in sync mode), ``raw_GBps_per_pair`` (TCP socket, same bytes, same
+processes), ``stream_vs_raw``, and on the writer ranks ``producer_GBps_per_pair`` (burst over the
 writer's time: in async mode the writer never waits).
 
-FOMs of ``test_bp5``: ``bp5_write_GBps`` (writer: open, steps, close), ``bp5_read_GBps``
-(reader, from the page cache), the plain file's ``raw_write_GBps``/``raw_read_GBps`` and the ratios.
+FOMs of ``test_bp5``: ``bp5_write_GBps_per_pair`` (writer: open, steps, close),
+``bp5_read_GBps_per_pair`` (reader, from the page cache), the plain file's
+``raw_write_GBps_per_pair``/``raw_read_GBps_per_pair`` and the ratios.
 """
 
 from __future__ import annotations
@@ -203,11 +204,7 @@ def _run_checked(benchmark: Any, stream_pair: StreamPair, plan: Plan, directory:
         side.check()  # the transfer must be right, not only fast
         local |= side.foms()
         _nothing_left(directory, plan)
-    return {_per_pair(name): value for name, value in local.items()}
-
-
-def _per_pair(name: str) -> str:
-    return f"{name}_per_pair" if name.endswith("_GBps") else name
+    return local
 
 
 @pytest.mark.parametrize("mode", STREAM_MODES)

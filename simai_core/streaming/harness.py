@@ -216,7 +216,8 @@ def rate(nbytes: float, seconds: list[float]) -> float:
 def stream_foms(plan: Plan, bursts: list[Burst], received: list[int], raw_s: list[float]) -> dict[str, float]:
     """The reader end's FOMs: delivered GB/s, first-step age, back-to-back interval, discarded steps, raw GB/s.
 
-    ``stream_GBps``: the bytes received in a burst over the time from the round's start to the
+    GB/s figures are this pair's own (``_per_pair``: pairs do not time their bursts on one clock).
+    ``stream_GBps_per_pair``: the bytes received in a burst over the time from the round's start to the
     last of them. ``step_latency_s``: the age of the burst's first step when its data are in
     the reader's buffer (from the writer's begin_step). ``step_interval_s``: the time between
     steps within a burst. Each is the median over the timed rounds.
@@ -227,23 +228,24 @@ def stream_foms(plan: Plan, bursts: list[Burst], received: list[int], raw_s: lis
     seen = [b for b in bursts if b.got]
     delivered = [b.got * plan.nbytes / b.last_s / 1e9 for b in seen if b.last_s > 0]
     interval = [(b.last_s - b.first_s) / (b.got - 1) for b in seen if b.got > 1]
-    return {"stream_GBps": statistics.median(delivered) if delivered else 0.0,
+    return {"stream_GBps_per_pair": statistics.median(delivered) if delivered else 0.0,
             "step_latency_s": statistics.median(b.first_age_s for b in seen) if seen else float("nan"),
             "step_interval_s": statistics.median(interval) if interval else float("nan"),
             "discarded_steps": float(discarded),
-            "raw_GBps": rate(plan.steps * plan.nbytes, timed(raw_s, plan))}
+            "raw_GBps_per_pair": rate(plan.steps * plan.nbytes, timed(raw_s, plan))}
 
 
 def writer_foms(plan: Plan, results: dict[str, Any]) -> dict[str, float]:
-    """The writer end's FOMs from its round times: ``producer_GBps`` (stream) or BP5 and plain-file write GB/s."""
+    """The writer end's FOMs from its round times: ``producer_GBps_per_pair`` (stream), or BP5 and plain-file write GB/s."""
     burst = plan.steps * plan.nbytes
     if plan.kind == "stream":
-        return {"producer_GBps": rate(burst, timed(results["round_s"], plan))}
-    return {"bp5_write_GBps": rate(burst, timed(results["round_s"], plan)),
-            "raw_write_GBps": rate(burst, timed(results["raw_s"], plan))}
+        return {"producer_GBps_per_pair": rate(burst, timed(results["round_s"], plan))}
+    return {"bp5_write_GBps_per_pair": rate(burst, timed(results["round_s"], plan)),
+            "raw_write_GBps_per_pair": rate(burst, timed(results["raw_s"], plan))}
 
 
 def bp5_foms(plan: Plan, round_s: list[float], raw_s: list[float]) -> dict[str, float]:
     """The reader end's BP5 FOMs: read GB/s (open, steps, close) and the plain file's."""
     burst = plan.steps * plan.nbytes
-    return {"bp5_read_GBps": rate(burst, timed(round_s, plan)), "raw_read_GBps": rate(burst, timed(raw_s, plan))}
+    return {"bp5_read_GBps_per_pair": rate(burst, timed(round_s, plan)),
+            "raw_read_GBps_per_pair": rate(burst, timed(raw_s, plan))}
