@@ -31,12 +31,13 @@ from simai_core.sizes import parse_size, size_sweep
 from simai_core.staging import registry
 
 LEVELS = ("micro", "mini", "full")
-MOTIFS = ("motif6",)
+MOTIFS = ("motif6", "steering")
 _MARKERS = {
     "micro": "micro benchmark: one staging operation at a time",
     "mini": "mini benchmark: a whole workflow with emulated components",
     "full": "full benchmark: a workflow coupled to a real solver",
     "motif6": "motif 6: online training of a surrogate from a running simulation",
+    "steering": "steering: an AI learner chooses the next simulations of an ensemble",
     "backends(*names)": "run this test only on the named staging backends",
     "adios2": "runs on ADIOS2 streams (SST) and files (BP5)",
 }
