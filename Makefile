@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 CORE := $(VENV)/.simai-core
 CLUSTER := $(VENV)/.simai-torch-cluster
-EXTRAS ?= mpi,gnn,smartsim,adios2,dragon,dev
+EXTRAS ?= mpi,gnn,smartsim,adios2,dragon,full,steering,dev
 # ranks for the MPI test pass, ranks for `make bench`, seconds before a hung MPI job is killed
 NP ?= 4
 BENCH_NP ?= 2
@@ -38,7 +38,7 @@ system-deps:
 
 $(CORE): pyproject.toml Makefile native/sstensor/sstensor.c
 	@if ! test -x $(PY); then $(TIMED) "creating $(VENV)" "a few seconds" $(PYTHON) -m venv $(VENV); fi
-	@$(TIMED) "installing the Python packages (torch 2.13.0 CPU, MPICH, SmartSim, Dragon, ADIOS2, ...)" \
+	@$(TIMED) "installing the Python packages (torch 2.13.0 CPU, MPICH, SmartSim, Dragon, ADIOS2, Devito, ...)" \
 	  "2-4 min on a fresh machine, seconds when up to date" \
 	  $(PY) -m pip install --quiet --progress-bar off -e ".[$(EXTRAS)]"
 	@# SmartSim needs a RedisAI module that only `smart build` (internet) makes: build the stand-in.
