@@ -3,7 +3,7 @@
 A benchmark's ``extra_info`` in the pytest-benchmark JSON holds two blocks:
 
 * ``simai``: ``{schema, level, motif, backend, backend_detail, deployment,
-  world_size, machine, params}`` (see :class:`RunInfo`);
+  world_size, machine, params, nodes, virtual_nodes}`` (see :class:`RunInfo`);
 * ``fom``: ``{name: {value, unit, better, ranks: {min, mean, max}, samples, samples_layout}}``
   (see :class:`Fom`). GB means 1e9 bytes.
 """
@@ -68,6 +68,9 @@ class RunInfo(BaseModel):
     world_size: int
     machine: str
     params: dict[str, Any] = {}
+    nodes: int | None = Field(None, description="Nodes of the job (virtual ones when virtual_nodes)")
+    virtual_nodes: bool = Field(False, description="True when the nodes are virtual: one machine's ranks split "
+                                                   "into blocks, not separate machines")
 
 
 class FomSpec(BaseModel):

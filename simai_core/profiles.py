@@ -68,6 +68,8 @@ class MachineProfile(BaseModel):
     ddp_backend: Literal["gloo", "nccl", "xccl"] = Field("gloo", description="torch.distributed backend")
     launcher: Literal["local", "pbs", "slurm", "pals"] = Field("local", description="How jobs are launched")
     mpiexec: str = Field("mpiexec", description="MPI launcher command on this machine")
+    virtual_nodes: int = Field(1, ge=1, description="Split each node's ranks into this many virtual nodes of equal "
+                                                    "size (testing per-node paths on one machine; 1 = off)")
     staging: StagingDefaults = Field(default_factory=StagingDefaults)
     micro: MicroDefaults = Field(default_factory=MicroDefaults)
 

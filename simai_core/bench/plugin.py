@@ -29,6 +29,7 @@ from simai_core.private import NotPrivateError, private_dir
 from simai_core.profiles import MachineProfile, load_profile
 from simai_core.sizes import parse_size, size_sweep
 from simai_core.staging import registry
+from simai_core.workflow.layout import LayoutError, NodeInfo, node_info, set_virtual_nodes
 
 LEVELS = ("micro", "mini", "full")
 MOTIFS = ("motif6", "steering")
@@ -59,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="timed rounds per benchmark (default: by message size, 6 to 50); one more warm-up round is run")
     group.addoption("--simai-staging-path", default=None, metavar="DIR",
                     help="directory for the filesystem/nodelocal backends (default: from the profile)")
+    group.addoption("--simai-virtual-nodes", type=int, default=None, metavar="N",
+                    help="split each node's ranks into N virtual nodes of equal size: node-local servers, "
+                         "directories, head ranks and colocated placement follow them (default: the profile's, 1)")
     group.addoption("--simai-compare", default=None, metavar="BASE.json",
                     help="at the end, compare this run's FOMs with a saved run and fail on regression")
     group.addoption("--simai-threshold", default="10%", metavar="PCT",
@@ -78,12 +82,24 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_PROFILE] = _load_profile(config)
     config.stash[_BACKENDS] = _selected_backends(config)
+    config.stash[_NODES] = _node_layout(config)
     if mpi.size() > 1:
         _configure_mpi(config)
 
 
 _PROFILE = pytest.StashKey[MachineProfile]()
 _BACKENDS = pytest.StashKey[list[str]]()
+_NODES = pytest.StashKey[NodeInfo]()
+
+
+def _node_layout(config: pytest.Config) -> NodeInfo:
+    """Set the virtual-node split (option, else profile) and learn this rank's node (collective)."""
+    n = config.getoption("--simai-virtual-nodes") or config.stash[_PROFILE].virtual_nodes
+    try:
+        set_virtual_nodes(n)
+        return node_info(mpi.world())
+    except LayoutError as exc:
+        raise pytest.UsageError(f"--simai-virtual-nodes {n}: {exc}") from None
 
 
 def _load_profile(config: pytest.Config) -> MachineProfile:
@@ -218,10 +234,12 @@ def simai_run(request: pytest.FixtureRequest, simai_profile: MachineProfile, sta
     level = next((m for m in LEVELS if node.get_closest_marker(m)), "micro")
     motif = next((m for m in MOTIFS if node.get_closest_marker(m)), None)
 
+    nodes = request.config.stash[_NODES]
+
     def build(backend: str, params: dict[str, Any], deployment: str | None = None, **extra: Any) -> RunInfo:
         return RunInfo(level=level, motif=motif, backend=backend, backend_detail=staging_pool.detail(backend),
                        deployment=deployment, world_size=mpi.size(), machine=simai_profile.name, params=params,
-                       **extra)
+                       nodes=nodes.count, virtual_nodes=nodes.virtual, **extra)
 
     return build
 
@@ -252,6 +270,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "cores_per_node": profile.resolved_cores(),
         "gpus_per_node": profile.resolved_gpus(),
         "world_size": mpi.size(),
+        "nodes": config.stash[_NODES].count,
+        "virtual_nodes": config.stash[_NODES].virtual,
         "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
         "memcpy_GBps": round(memcpy_GBps(), 3),
     }

@@ -9,12 +9,14 @@ from simai_core import mpi
 from simai_core.profiles import MachineProfile
 from simai_core.staging import registry
 from simai_core.staging.base import StagingClient, StagingServer
+from simai_core.workflow.layout import node_comm
 
 
 class StagingPool:
     """Starts each backend's server on first use, shares its address, connects every rank.
 
-    The server runs on rank 0, or on each node's first rank for node-scoped backends.
+    The server runs on rank 0, or on each node's first rank for node-scoped backends (nodes as
+    :func:`~simai_core.workflow.layout.node_comm` sees them: virtual ones when set).
 
     Every rank must ask for the same backends in the same order (pytest runs the same
     tests everywhere), since starting a server is collective.
@@ -49,7 +51,7 @@ class StagingPool:
     def _start(self, backend: str) -> tuple[str, dict[str, Any]]:
         spec = registry.get_spec(backend)
         comm = mpi.world()
-        group = comm.Split_type(_shared_type(), key=comm.Get_rank()) if spec.scope == "node" else comm
+        group = node_comm(comm) if spec.scope == "node" else comm
         try:
             return mpi.bcast_result(lambda: self._start_here(backend), comm=group)
         finally:
@@ -84,8 +86,3 @@ class StagingPool:
             server.stop()
         self._servers.clear()
 
-
-def _shared_type() -> int:
-    from mpi4py import MPI
-
-    return int(MPI.COMM_TYPE_SHARED)

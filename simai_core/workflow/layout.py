@@ -7,6 +7,13 @@ lowest rank of each role is its *head* (writes that role's control keys), and tr
 ``i`` of a scope trains on the data of the scope's simulation ranks ``j`` with
 ``j % n_trainers == i`` (the reference required as many trainers as simulation ranks
 for the GNN; this does not).
+
+Which node a rank is on is decided here and nowhere else (:func:`node_comm`,
+:func:`node_info`): the staging pool's node-scoped servers, colocated servers and the
+role split all ask it. With *virtual nodes* (:func:`set_virtual_nodes`, pytest's
+``--simai-virtual-nodes`` or the profile's ``virtual_nodes``) each real node's ranks are
+cut into N equal blocks of consecutive ranks, each treated as a node of its own, so one
+machine exercises every per-node path (they still share its cores, memory and network).
 """
 
 from __future__ import annotations
@@ -50,32 +57,83 @@ def split_count(n: int, fraction: float) -> int:
     return min(max(round(n * fraction), 1), n - 1)
 
 
-def _node_info(world: Any) -> tuple[int, int, int]:
-    """(node index, rank on the node, ranks on the node), nodes numbered by their lowest world rank."""
+_VIRTUAL_NODES = [1]  # virtual nodes per real node (1: the real layout)
+
+
+def set_virtual_nodes(n: int) -> None:
+    """Split every real node's ranks into ``n`` virtual nodes from now on (1 turns it off)."""
+    if n < 1:
+        raise LayoutError(f"virtual nodes must be at least 1, got {n}")
+    _VIRTUAL_NODES[0] = n
+
+
+def virtual_nodes() -> int:
+    """Virtual nodes per real node (1 when off)."""
+    return _VIRTUAL_NODES[0]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Where a rank sits: its node (numbered by lowest world rank), its place on it, the job's node count."""
+
+    index: int
+    local_rank: int
+    local_size: int
+    count: int
+    virtual: bool
+
+
+def node_comm(world: Any) -> Any:
+    """The communicator of this rank's node, virtual if set (collective over ``world``; the caller frees it).
+
+    A real node whose rank count does not split into the virtual nodes evenly is an error on
+    every rank (checked collectively, so no rank is left in a collective).
+    """
     from mpi4py import MPI
 
-    node_comm = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
+    real = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
+    n = virtual_nodes()
+    if n == 1:
+        return real
     try:
-        leader = node_comm.allreduce(world.Get_rank(), op=MPI.MIN)
-        local, local_size = node_comm.Get_rank(), node_comm.Get_size()
+        size, local = real.Get_size(), real.Get_rank()
+        leader = real.allreduce(world.Get_rank(), op=MPI.MIN)
     finally:
-        node_comm.Free()
+        real.Free()
+    uneven = world.allreduce(size if size % n else 0, op=MPI.MAX)
+    if uneven:
+        raise LayoutError(f"a node with {uneven} ranks cannot be split into {n} virtual nodes of equal size: "
+                          f"start a multiple of {n} ranks per node")
+    return world.Split(leader * n + local // (size // n), key=world.Get_rank())
+
+
+def node_info(world: Any) -> NodeInfo:
+    """This rank's :class:`NodeInfo` under the current (real or virtual) layout (collective over ``world``)."""
+    from mpi4py import MPI
+
+    comm = node_comm(world)
+    try:
+        leader = comm.allreduce(world.Get_rank(), op=MPI.MIN)
+        local, local_size = comm.Get_rank(), comm.Get_size()
+    finally:
+        comm.Free()
     leaders = sorted(set(world.allgather(leader)))
-    return leaders.index(leader), local, local_size
+    return NodeInfo(index=leaders.index(leader), local_rank=local, local_size=local_size, count=len(leaders),
+                    virtual=virtual_nodes() > 1)
 
 
 def plan_layout(world: Any, deployment: str, sim_fraction: float) -> Role:
     """This rank's :class:`Role` (collective over ``world``)."""
-    node, local, local_size = _node_info(world)
+    node = node_info(world)
     if deployment == "clustered":
         is_sim, scope = world.Get_rank() < split_count(world.Get_size(), sim_fraction), 0
     elif deployment == "colocated":
-        is_sim, scope = local < split_count(local_size, sim_fraction), node
+        is_sim, scope = node.local_rank < split_count(node.local_size, sim_fraction), node.index
     else:
         raise LayoutError(f"unknown deployment {deployment!r}; expected 'clustered' or 'colocated'")
     comm = world.Split(0 if is_sim else 1, key=world.Get_rank())
     table = world.allgather(("sim" if is_sim else "train", scope, comm.Get_rank()))
-    return _role_from_table(table, world.Get_rank(), comm, node)
+    return _role_from_table(table, world.Get_rank(), comm, node.index)
 
 
 def _role_from_table(table: list[tuple[str, int, int]], world_rank: int, comm: Any, node: int) -> Role:
