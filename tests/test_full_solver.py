@@ -1,0 +1,86 @@
+"""The Devito acoustic solver: decomposition independence, the CFL check, the sample it captures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("devito")
+from mpi4py import MPI
+
+from simai_core.solvers.acoustic import (
+    AcousticSolver,
+    SolverDivergedError,
+    UnstableTimeStepError,
+    cfl_limit_ms,
+)
+from simai_core.solvers.config import AcousticConfig
+
+MPIEXEC = str(Path(sys.executable).with_name("mpiexec"))
+CASE = "tests/mpi_cases/case_full_decomposition.py"
+
+
+def run_case(nprocs: int, solver_ranks: int, out: Path) -> np.ndarray:
+    proc = subprocess.run([MPIEXEC, "-n", str(nprocs), sys.executable, CASE, str(solver_ranks), str(out)],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return np.load(out)
+
+
+@pytest.mark.timeout(600)
+def test_global_field_is_independent_of_the_decomposition(tmp_path):
+    one = run_case(1, 1, tmp_path / "one.npy")
+    two = run_case(3, 2, tmp_path / "two.npy")  # 2 solver ranks on a sub-communicator, 1 rank standing by
+    four = run_case(4, 4, tmp_path / "four.npy")
+    scale = float(np.abs(one).max())
+    assert scale > 1e-3, "the sources never reached the field: the comparison would prove nothing"
+    for other in (two, four):
+        np.testing.assert_allclose(other, one, rtol=0, atol=1e-5 * scale)
+
+
+def test_cfl_limit_of_the_second_order_scheme_is_h_over_v_sqrt_dim():
+    assert cfl_limit_ms(2.0, 10.0, 2, 2) == pytest.approx(10.0 / (2.0 * np.sqrt(2)))
+    assert cfl_limit_ms(2.0, 10.0, 4, 3) < cfl_limit_ms(2.0, 10.0, 2, 3)  # wider stencils are less stable
+
+
+def test_unstable_time_step_is_refused_with_the_reason():
+    limit = cfl_limit_ms(3.0, 10.0, 4, 2)
+    with pytest.raises(UnstableTimeStepError, match=r"exceeds the CFL limit .* the scheme would blow up"):
+        AcousticSolver(AcousticConfig(dt_ms=1.01 * limit), MPI.COMM_SELF, (32, 32), 10, 1)
+
+
+def test_a_diverging_run_fails_with_the_reason(monkeypatch):
+    solver = AcousticSolver(AcousticConfig(), MPI.COMM_SELF, (32, 32), 10, 1)
+    solver.compile()
+    solver.dt_ms = 2.5 * solver.cfl_limit_ms  # what the refusal prevents: run past the limit anyway
+    with pytest.raises(SolverDivergedError, match="diverged"):
+        for step in range(9):
+            solver.advance(step, capture=True)
+            solver.check(MPI.COMM_SELF)
+
+
+def test_captured_sample_holds_the_solver_fields():
+    solver = AcousticSolver(AcousticConfig(), MPI.COMM_SELF, (40, 40), 30, 2)
+    solver.compile()
+    k = solver.cfg.horizon_steps
+    for step in range(20):
+        solver.advance(step, capture=False)
+    before_n, before_prev = solver.local_u(20 * k).copy(), solver.local_u(20 * k - 1).copy()
+    solver.advance(20, capture=True)
+    s = solver.sample
+    np.testing.assert_array_equal(s[:, 0], before_n.ravel())
+    np.testing.assert_array_equal(s[:, 1], before_prev.ravel())
+    np.testing.assert_array_equal(s[:, 3], solver.local_u(21 * k).ravel())
+    assert np.all(s[:, 2] >= 1.5) and np.all(s[:, 2] <= 3.0) and np.abs(s[:, 3]).max() > 0
+    assert not np.array_equal(s[:, 0], s[:, 3]), "the target must be K steps ahead of the input"
+    foms = solver.foms()
+    assert foms["compile_time_s"] > 0 and foms["solver_GPtsps"] > 0
+
+
+def test_interior_excludes_only_faces_shared_with_another_rank():
+    solver = AcousticSolver(AcousticConfig(interior_margin=3), MPI.COMM_SELF, (16, 16), 2, 1)
+    assert solver.interior.all()  # one rank: no shared face
