@@ -7,6 +7,7 @@ file fails with an error that names the file and the field.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +56,53 @@ class MicroDefaults(BaseModel):
         return parse_size(v)
 
 
+_SAFE = r"^[A-Za-z0-9_.:@+/=,-]+$"  # names that need no quoting in a job script's directive lines
+
+
+class JobDefaults(BaseModel):
+    """What a batch job on this machine needs (``simai-bench jobscript``); the scheduler follows ``launcher``."""
+
+    model_config = ConfigDict(extra="forbid")
+    account: str | None = Field(None, pattern=_SAFE, description="Project to charge (PBS -A, Slurm --account); "
+                                                                 "None: give --account")
+    queue: str | None = Field(None, pattern=_SAFE, description="Queue (PBS -q) or partition (Slurm --partition)")
+    filesystems: list[str] = Field(default_factory=list, description="File systems the job needs: PBS "
+                                   "-l filesystems=a:b, Slurm --licenses=a,b (as NERSC names them)")
+    select: str = Field("", pattern=r"^[A-Za-z0-9_.:=+-]*$",
+                        description="PBS only: resources added to every chunk, e.g. system=polaris")
+    directives: list[str] = Field(default_factory=list, description="Further scheduler lines, verbatim after "
+                                  "#PBS / #SBATCH, e.g. '-l place=scatter'")
+    modules: list[str] = Field(default_factory=list, description="`module load` arguments, in order")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment every rank gets")
+    cpu_bind: Literal["depth", "none"] = Field(
+        "depth", description="depth: each rank bound to cores_per_node / ranks_per_node cores (PALS --depth "
+                             "--cpu-bind depth, Slurm --cpus-per-task --cpu-bind=cores); none: the launcher's default")
+
+    @field_validator("filesystems", "modules")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        bad = [name for name in v if not re.match(_SAFE, name)]
+        if bad:
+            raise ValueError(f"not a plain name (letters, digits, _.:@+/=,-): {bad}")
+        return v
+
+    @field_validator("directives")
+    @classmethod
+    def _one_line(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if "\n" in d or "\r" in d or not d.strip()]
+        if bad:
+            raise ValueError(f"a directive is one non-empty line: {bad}")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
+        if bad:
+            raise ValueError(f"not an environment variable name: {bad}")
+        return v
+
+
 class MachineProfile(BaseModel):
     """One machine (or node type): cores, accelerators, launcher, network, paths."""
 
@@ -72,6 +120,7 @@ class MachineProfile(BaseModel):
                                                     "size (testing per-node paths on one machine; 1 = off)")
     staging: StagingDefaults = Field(default_factory=StagingDefaults)
     micro: MicroDefaults = Field(default_factory=MicroDefaults)
+    job: JobDefaults = Field(default_factory=JobDefaults)
 
     def resolved_cores(self) -> int:
         """Cores per node, detected when the profile says auto."""
