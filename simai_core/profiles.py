@@ -35,6 +35,8 @@ class StagingDefaults(BaseModel):
     memory_bytes: int = Field(
         4 * 2**30, description="Memory the staging server may use (e.g. '4GiB'); larger values are refused"
     )
+    shards: int = Field(1, ge=1, le=64, description="redis backend: 1 = one redis-server; N = a Redis Cluster of N "
+                                                    "shards sharing memory_bytes")
 
     @field_validator("memory_bytes", mode="before")
     @classmethod

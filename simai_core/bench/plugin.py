@@ -60,6 +60,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="timed rounds per benchmark (default: by message size, 6 to 50); one more warm-up round is run")
     group.addoption("--simai-staging-path", default=None, metavar="DIR",
                     help="directory for the filesystem/nodelocal backends (default: from the profile)")
+    group.addoption("--simai-redis-shards", type=int, default=None, metavar="N",
+                    help="redis backend: a Redis Cluster of N shards instead of one server (default: the profile's "
+                         "staging.shards, 1)")
     group.addoption("--simai-virtual-nodes", type=int, default=None, metavar="N",
                     help="split each node's ranks into N virtual nodes of equal size: node-local servers, "
                          "directories, head ranks and colocated placement follow them (default: the profile's, 1)")
@@ -83,6 +86,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_PROFILE] = _load_profile(config)
     config.stash[_BACKENDS] = _selected_backends(config)
     config.stash[_NODES] = _node_layout(config)
+    shards = config.getoption("--simai-redis-shards")
+    if shards is not None and not 1 <= shards <= 64:
+        raise pytest.UsageError(f"--simai-redis-shards {shards}: between 1 and 64")
     if mpi.size() > 1:
         _configure_mpi(config)
 
@@ -205,7 +211,8 @@ def staging_pool(pytestconfig: pytest.Config, simai_profile: MachineProfile,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[StagingPool]:
     """Every staging server of the session; stopped at the end, whatever happened."""
     path = pytestconfig.getoption("--simai-staging-path")
-    pool = StagingPool(simai_profile, tmp_path_factory.mktemp("staging"), Path(path) if path else None)
+    shards = pytestconfig.getoption("--simai-redis-shards")
+    pool = StagingPool(simai_profile, tmp_path_factory.mktemp("staging"), Path(path) if path else None, shards)
     try:
         yield pool
     finally:

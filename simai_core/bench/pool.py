@@ -22,10 +22,12 @@ class StagingPool:
     tests everywhere), since starting a server is collective.
     """
 
-    def __init__(self, profile: MachineProfile, workdir: Path, staging_path: Path | None = None) -> None:
+    def __init__(self, profile: MachineProfile, workdir: Path, staging_path: Path | None = None,
+                 shards: int | None = None) -> None:
         self.profile = profile
         self.workdir = workdir
         self.staging_path = staging_path
+        self.shards = shards
         self._servers: dict[str, StagingServer] = {}
         self._clients: dict[str, StagingClient] = {}
         self._details: dict[str, dict[str, Any]] = {}
@@ -60,10 +62,13 @@ class StagingPool:
 
     def _start_here(self, backend: str) -> tuple[str, dict[str, Any]]:
         profile = self.profile
+        update: dict[str, Any] = {}
         if self.staging_path is not None:
-            staging = profile.staging.model_copy(update={"node_local_path": self.staging_path,
-                                                         "shared_path": self.staging_path})
-            profile = profile.model_copy(update={"staging": staging})
+            update |= {"node_local_path": self.staging_path, "shared_path": self.staging_path}
+        if self.shards is not None:
+            update["shards"] = self.shards
+        if update:
+            profile = profile.model_copy(update={"staging": profile.staging.model_copy(update=update)})
         server = registry.make_server(backend, profile, self.workdir / backend)
         server.start()
         self._servers[backend] = server

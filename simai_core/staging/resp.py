@@ -12,9 +12,10 @@ reference the redis and smartsim backends are divided by.
 from __future__ import annotations
 
 import socket
+from binascii import crc_hqx
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from simai_core.staging.base import RawReference
 
@@ -32,12 +33,26 @@ class RespError(RuntimeError):
         self.kind = message.split(" ", 1)[0]
 
 
+SLOTS = 16384  # hash slots of a Redis Cluster
+CLUSTER_SCHEME = "redis+cluster"  # a Redis Cluster, reached through any of its nodes (the seed)
+
+
 def parse_address(address: str) -> tuple[str, int, str | None]:
-    """``redis://[:password@]host:port`` (or ``host:port``) as (host, port, password)."""
+    """``redis[+cluster]://[:password@]host:port`` (or ``host:port``) as (host, port, password)."""
     url = urlsplit(address if "://" in address else f"redis://{address}")
-    if url.scheme != "redis" or not url.hostname or not url.port:
-        raise ValueError(f"Not a redis address: {address!r} (expected redis://[:password@]host:port)")
+    if url.scheme not in ("redis", CLUSTER_SCHEME) or not url.hostname or not url.port:
+        raise ValueError(f"Not a redis address: {address!r} (expected redis[+cluster]://[:password@]host:port)")
     return url.hostname, url.port, unquote(url.password) if url.password else None
+
+
+def is_cluster(address: str) -> bool:
+    """Whether ``address`` names a Redis Cluster (``redis+cluster://``) rather than one server."""
+    return address.startswith(CLUSTER_SCHEME + "://")
+
+
+def node_address(host: str, port: int, password: str | None) -> str:
+    """The plain ``redis://`` address of one server."""
+    return f"redis://{':' + quote(password, safe='') + '@' if password else ''}{host}:{port}"
 
 
 class RespConnection:
@@ -208,6 +223,65 @@ class RespConnection:
         return ConnectionError(f"Lost the {self.where}: {exc}")
 
 
+class Route:
+    """Where a key's commands go: one server, or the shard of a Redis Cluster that owns the key's slot.
+
+    A cluster's slot map is read once (``CLUSTER SLOTS``) and every shard gets one plain-RESP
+    connection, so a key's commands take the same single-socket path as on one server. All keys
+    of one command must share a slot (the redis backend gives a value's keys one ``{hashtag}``).
+    Slots never move in the suite's clusters; a ``MOVED`` reply is an error, not followed.
+    """
+
+    def __init__(self, address: str, timeout_s: float = 120.0) -> None:
+        self.cluster = is_cluster(address)
+        if not self.cluster:
+            self.connections = [RespConnection(address, timeout_s)]
+            self._slots = bytes(1)
+            return
+        host, _, password = parse_address(address)
+        seed = RespConnection(address, timeout_s)
+        try:
+            ranges = seed.command("CLUSTER", "SLOTS")
+        finally:
+            seed.close()
+        nodes: dict[tuple[str, int], int] = {}
+        table = bytearray(SLOTS)  # slot -> index of its node's connection (fewer than 256 nodes)
+        for first, last, master, *_ in ranges:
+            where = ((master[0].decode() or host), int(master[1]))  # a node may not know its own address
+            index = nodes.setdefault(where, len(nodes))
+            table[first:last + 1] = bytes([index]) * (last + 1 - first)
+        self.connections = []
+        try:
+            for node_host, node_port in nodes:
+                self.connections.append(RespConnection(node_address(node_host, node_port, password), timeout_s))
+        except BaseException:
+            self.close()
+            raise
+        self._slots = bytes(table)
+
+    def for_key(self, key: str) -> RespConnection:
+        """The connection to the server that holds ``key``."""
+        if not self.cluster:
+            return self.connections[0]
+        return self.connections[self._slots[key_slot(key)]]
+
+    def close(self) -> None:
+        """Close every connection."""
+        for conn in self.connections:
+            conn.close()
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster hash slot of ``key``: CRC16 (XMODEM) of its ``{hashtag}``, or of the whole key, mod 16384."""
+    data = key.encode() if isinstance(key, str) else key
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1:end]
+    return crc_hqx(data, 0) % SLOTS
+
+
 def _as_bytes(arg: Arg) -> bytes | bytearray | memoryview:
     if isinstance(arg, str):
         return arg.encode()
@@ -231,17 +305,18 @@ class RespRaw(RawReference):
                    "GET reads into the preallocated buffer")
 
     def __init__(self, address: str) -> None:
-        self._conn = RespConnection(address)
+        self._route = Route(address)  # on a cluster: the key's shard
 
     def put(self, key: str, data: memoryview) -> None:
-        expect_ok(self._conn.command("SET", key, data), f"SET {key}")
+        expect_ok(self._route.for_key(key).command("SET", key, data), f"SET {key}")
 
     def get(self, key: str, out: memoryview) -> None:
-        self._conn.send("GET", key)
-        read_bulk_into(self._conn, key, out)
+        conn = self._route.for_key(key)
+        conn.send("GET", key)
+        read_bulk_into(conn, key, out)
 
     def close(self) -> None:
-        self._conn.close()
+        self._route.close()
 
 
 def read_bulk_into(conn: RespConnection, key: str, out: memoryview) -> None:
@@ -264,8 +339,14 @@ class RedisPyRaw(RawReference):
         import redis
 
         host, port, password = parse_address(address)
-        self._redis = redis.Redis(host=host, port=port, password=password, socket_timeout=120,
-                                  single_connection_client=True)
+        self._redis: Any
+        if is_cluster(address):
+            from redis.cluster import RedisCluster
+
+            self._redis = RedisCluster(host=host, port=port, password=password, socket_timeout=120)
+        else:
+            self._redis = redis.Redis(host=host, port=port, password=password, socket_timeout=120,
+                                      single_connection_client=True)
 
     def put(self, key: str, data: memoryview) -> None:
         self._redis.set(key, data)  # type: ignore[arg-type]  # redis-py sends buffers as they are
@@ -280,5 +361,5 @@ class RedisPyRaw(RawReference):
         self._redis.close()
 
 
-__all__: Sequence[str] = ["RedisPyRaw", "RespConnection", "RespError", "RespRaw", "expect_ok", "parse_address",
-                          "read_bulk_into"]
+__all__: Sequence[str] = ["CLUSTER_SCHEME", "RedisPyRaw", "RespConnection", "RespError", "RespRaw", "Route",
+                          "expect_ok", "is_cluster", "key_slot", "node_address", "parse_address", "read_bulk_into"]
