@@ -1,10 +1,18 @@
 """The file backends beyond the shared contract: atomic overwrite under a concurrent reader, odd sizes,
-.npy files that numpy reads (and that numpy wrote), a full device, and the raw reference's bytes."""
+.npy files that numpy reads (and that numpy wrote), a full device, and the raw reference's bytes.
+
+Each runs on both put protocols: ``rename`` (a fresh file renamed into place, ``filesystem``) and
+``slots`` (in place into two slots per key, ``nodelocal``); the slots protocol's own guarantees
+(no read mixes two writes, a dead writer leaves the last value whole) have their own tests below.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -15,7 +23,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from simai_core.errors import StagingFullError
+from simai_core.errors import StagingFullError, StagingTimeoutError
 from simai_core.staging import files
 from simai_core.staging.files import FileClient, FileRaw
 
@@ -37,9 +45,16 @@ def area(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(shm, ignore_errors=True)
 
 
+@pytest.fixture(params=[False, True], ids=["rename", "slots"])
+def client(request: pytest.FixtureRequest, area: Path) -> Iterator[FileClient]:
+    with FileClient("test", area, in_place=request.param) as client:
+        yield client
+
+
 @pytest.fixture
-def client(area: Path) -> Iterator[FileClient]:
-    with FileClient("test", area) as client:
+def rename_client(area: Path) -> Iterator[FileClient]:
+    """A client of the rename protocol, whose tensors are plain .npy files."""
+    with FileClient("test", area, in_place=False) as client:
         yield client
 
 
@@ -95,8 +110,9 @@ def test_reader_never_sees_a_torn_value(client: FileClient, area: Path) -> None:
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["exchange+unlink", "rename"])
-def test_both_ways_of_replacing_leave_one_file(client: FileClient, area: Path, exchange: bool) -> None:
+def test_both_ways_of_replacing_leave_one_file(rename_client: FileClient, area: Path, exchange: bool) -> None:
     """Whichever way a put replaces the old file (chosen per file system), one whole file remains per key."""
+    client = rename_client
     if exchange and not client._dir.exchange and files._renameat2 is None:
         pytest.skip("no renameat2 in this C library")
     client._dir.exchange = exchange
@@ -139,8 +155,8 @@ def test_raw_reference_round_trips_every_byte(area: Path, nbytes: int) -> None:
                                    np.zeros((0, 3), np.int16), np.arange(5, dtype=">i4"),
                                    np.array(["2024-01-02", "2025-03-04"], dtype="datetime64[D]"),
                                    np.zeros(3, [("a", "<i4"), ("b", "<f8")])], ids=str)
-def test_numpy_reads_staged_files(client: FileClient, area: Path, array: np.ndarray) -> None:
-    client.put_tensor("npy", array)
+def test_numpy_reads_staged_files(rename_client: FileClient, area: Path, array: np.ndarray) -> None:
+    rename_client.put_tensor("npy", array)
     loaded = np.load(_npy_file(area, "npy"))
     assert loaded.dtype == array.dtype and loaded.shape == array.shape
     np.testing.assert_array_equal(loaded, array)
@@ -203,11 +219,208 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(mount)], capture_output=True, timeout=30, check=True)
 
 
-def test_full_device_keeps_the_old_value(tiny_tmpfs: Path) -> None:
-    with FileClient("test", tiny_tmpfs) as client:
+@pytest.mark.parametrize("in_place", [False, True], ids=["rename", "slots"])
+def test_full_device_keeps_the_old_value(tiny_tmpfs: Path, in_place: bool) -> None:
+    with FileClient("test", tiny_tmpfs, in_place=in_place) as client:
         old = np.arange(1000, dtype=np.int64)
         client.put_tensor("full", old)
         with pytest.raises(StagingFullError, match="No space left"):
             client.put_tensor("full", np.ones(1 << 20, np.uint8))
         np.testing.assert_array_equal(client.get_tensor("full"), old)
-        assert [p.name for p in tiny_tmpfs.iterdir()] == [_npy_file(tiny_tmpfs, "full").name]
+        assert [p.name for p in tiny_tmpfs.iterdir()] == ["full.slots" if in_place else _npy_file(tiny_tmpfs, "full").name]
+
+
+# The slots protocol (nodelocal): puts write in place, a sequence check keeps reads whole.
+
+@pytest.fixture
+def shm() -> Iterator[Path]:
+    """A directory on tmpfs, where nodelocal puts its slots files."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    path = Path(tempfile.mkdtemp(prefix="simai-test-slots-", dir="/dev/shm"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_nodelocal_writes_in_place_and_filesystem_renames(shm: Path) -> None:
+    with FileClient("nodelocal", shm) as local, FileClient("filesystem", shm) as shared:
+        assert local.in_place and not shared.in_place
+        local.put_tensor("a", np.arange(10))
+        inode = (shm / "a.slots").stat().st_ino
+        local.put_tensor("a", np.arange(10) * 2)  # same size: the same file, written in place
+        assert (shm / "a.slots").stat().st_ino == inode
+        assert (shm / "a.slots").stat().st_mode & 0o777 == 0o600
+        np.testing.assert_array_equal(local.get_tensor("a"), np.arange(10) * 2)
+        shared.put_tensor("b", np.arange(3))
+        assert sorted(p.name for p in shm.iterdir()) == ["a.slots", "b.npy"]
+
+
+def test_a_read_that_two_puts_overtake_starts_over(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader's preadv is cut in half; between the halves two puts land, the second in the very slot
+    being read. The first try's buffer then mixes two writes; the sequence check must throw it away."""
+    n = 1 << 16
+    with FileClient("test", shm, in_place=True) as reader, FileClient("test", shm, in_place=True) as writer:
+        writer.put_tensor("seq", np.full(n, 1, np.uint8))
+        real_preadv, tries, mixed = os.preadv, [], []
+
+        def overtaken_preadv(fd: int, buffers: list, offset: int) -> int:
+            tries.append(offset)
+            if len(tries) > 1:
+                return real_preadv(fd, buffers, offset)
+            head, out = buffers
+            got = real_preadv(fd, [head, out[: n // 2]], offset)
+            writer.put_tensor("seq", np.full(n, 2, np.uint8))  # the other slot
+            writer.put_tensor("seq", np.full(n, 3, np.uint8))  # this slot, under the reader
+            got += real_preadv(fd, [out[n // 2:]], offset + got)
+            mixed.extend(np.unique(out).tolist())
+            return got
+
+        monkeypatch.setattr(files.os, "preadv", overtaken_preadv)
+        out = np.empty(n, np.uint8)
+        assert reader.get_tensor("seq", out=out) is out
+    assert mixed == [1, 3], "the first try did not read across two writes"
+    assert len(tries) == 2 and tries[0] == tries[1]  # started over on the same slot, now generation 3's
+    assert np.all(out == 3)
+
+
+_WRITER = """
+import sys, time
+import numpy as np
+from pathlib import Path
+from simai_core.staging.files import FileClient
+root, first, seconds = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+shapes = [(1 << 19,), (1 << 17, 4), (1 << 16,)]  # 1 MiB in two shapes, and 128 KiB: new files too
+with FileClient("nodelocal", root) as client:
+    print("ready", flush=True)
+    end, i = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        client.put_tensor("shared", np.full(shapes[i % 3], first + i % 3, np.uint16))
+        i += 1
+    print(i, flush=True)
+"""
+
+
+def _writer(shm: Path, first: int, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(shm), str(first), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_no_read_mixes_two_writes_across_processes(shm: Path) -> None:
+    """Two writer processes put values of their own fills (in place, and new files when the size changes)
+    while two reader threads here get them: every read is one whole value, of the shape its fill was put with."""
+    shapes = {1: (1 << 19,), 2: (1 << 17, 4), 3: (1 << 16,)}
+    fills = {first + k: shapes[k + 1] for first in (1, 11) for k in range(3)}
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("shared", np.full(shapes[1], 1, np.uint16))
+        writers = [_writer(shm, first, 3.0) for first in (1, 11)]
+        try:
+            for writer in writers:
+                assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+            errors: list[object] = []
+            seen: set[int] = set()
+
+            def read() -> None:
+                out = np.empty(1 << 19, np.uint16)
+                while any(w.poll() is None for w in writers):
+                    try:
+                        for got in (client.get_tensor("shared"), client.get_tensor("shared", out=out)):
+                            fill = int(got.flat[0])
+                            if fills.get(fill) != got.shape or not np.all(got == fill):
+                                errors.append((got.shape, np.unique(got)[:5]))
+                            seen.add(fill)
+                    except ValueError as exc:  # only a value of another shape may refuse `out`
+                        if "holds uint16" not in str(exc):
+                            errors.append(exc)
+
+            readers = [threading.Thread(target=read) for _ in range(2)]
+            for thread in readers:
+                thread.start()
+            for thread in readers:
+                thread.join(timeout=60)
+                assert not thread.is_alive()
+            puts = [int(w.communicate(timeout=30)[0].strip()) for w in writers]
+        finally:
+            for writer in writers:
+                writer.kill()
+                writer.communicate(timeout=30)
+    assert not errors, f"mixed reads: {errors[:3]}"
+    assert all(w.returncode == 0 for w in writers)
+    assert len(seen) >= 4 and min(puts) > 10, f"reads and writes hardly overlapped: saw {seen}, puts {puts}"
+
+
+def test_a_writer_killed_mid_put_leaves_a_whole_value_and_no_lock(shm: Path) -> None:
+    """SIGKILL a process that keeps putting 8 MiB values, at random moments: each time the key holds
+    one whole value, and the next put takes the lock at once."""
+    rng = np.random.default_rng(0)
+    script = _WRITER.replace("shapes = [(1 << 19,), (1 << 17, 4), (1 << 16,)]", "shapes = [(1 << 22,)] * 3")
+    with FileClient("nodelocal", shm) as client:
+        for attempt in range(5):
+            with subprocess.Popen([sys.executable, "-c", script, str(shm), str(10 * attempt + 1), "30"],
+                                  stdout=subprocess.PIPE, text=True) as writer:
+                assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+                time.sleep(float(rng.uniform(0.05, 0.3)))
+                writer.kill()
+                writer.wait(timeout=30)
+            got = client.get_tensor("shared")
+            assert got is not None and got.shape == (1 << 22,) and np.all(got == got.flat[0])
+            start = time.monotonic()
+            client.put_tensor("shared", np.full(1 << 22, 7, np.uint16))
+            assert time.monotonic() - start < 2.0
+            np.testing.assert_array_equal(client.get_tensor("shared"), np.full(1 << 22, 7, np.uint16))
+
+
+def test_a_put_that_died_before_publishing_is_not_read(shm: Path) -> None:
+    """A put that wrote its slot and died before the publishing pwrite: gets keep the last value."""
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("half", np.full(4096, 1, np.int32))
+        fd = os.open(shm / "half.slots", os.O_RDWR)
+        try:
+            gray, capacity = files._Slots(fd, "half").control()
+            new = np.full(4096, 2, np.int32)
+            os.pwritev(fd, [files._seq_block(files._generation(gray) + 1), client._header(new.dtype, new.shape), new],
+                       files._PAGE + ((files._generation(gray) + 1) & 1) * capacity)
+        finally:
+            os.close(fd)  # no publish
+        np.testing.assert_array_equal(client.get_tensor("half"), np.full(4096, 1, np.int32))
+        client.put_tensor("half", np.full(4096, 3, np.int32))
+        np.testing.assert_array_equal(client.get_tensor("half", out=np.empty(4096, np.int32)), np.full(4096, 3, np.int32))
+
+
+def test_a_put_waits_for_another_put_of_the_key_with_a_deadline(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(files, "_LOCK_DEADLINE_S", 0.3)
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("locked", np.zeros(8))
+        fd = os.open(shm / "locked.slots", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another put, stuck
+            with pytest.raises(StagingTimeoutError, match="another put"):
+                client.put_tensor("locked", np.ones(8))
+        finally:
+            os.close(fd)
+        client.put_tensor("locked", np.ones(8))
+        np.testing.assert_array_equal(client.get_tensor("locked"), np.ones(8))
+
+
+@pytest.mark.parametrize("sizes", [(1000, 100_000), (100_000, 1000), (70_000, 65_000, 70_000)], ids=str)
+def test_slots_follow_the_value_size(shm: Path, sizes: tuple[int, ...]) -> None:
+    """A bigger value, or a far smaller one, gets a new slots file; a similar one reuses the slots."""
+    with FileClient("nodelocal", shm) as client:
+        for i, n in enumerate(sizes):
+            client.put_tensor("sized", np.full(n, i, np.uint8))
+            out = np.empty(n, np.uint8)
+            assert client.get_tensor("sized", out=out) is out and np.all(out == i)
+            capacity = (shm / "sized.slots").stat().st_size
+            assert capacity <= 2 * files._PAGE + 2 * (4 * n + files._PAGE) + 64 * 1024 * 2
+
+
+def test_in_place_put_on_a_full_device_keeps_the_old_value(tiny_tmpfs: Path) -> None:
+    """The second slot's pages are taken at the first put that lands there: if they are not to be had,
+    the put fails with StagingFullError and the published value stays."""
+    with FileClient("nodelocal", tiny_tmpfs) as client:
+        old = np.full(130 * 1024, 1, np.uint8)  # control page + 33 pages: a second slot does not fit in 64 pages
+        client.put_tensor("full", old)
+        with pytest.raises(StagingFullError, match="No space left"):
+            client.put_tensor("full", np.full(130 * 1024, 2, np.uint8))
+        np.testing.assert_array_equal(client.get_tensor("full"), old)

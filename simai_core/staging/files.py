@@ -1,8 +1,14 @@
-"""File backends: one file per key in a directory; each put writes a fresh file and renames it into place.
+"""File backends: one file per key in a directory.
 
 ``filesystem`` puts the directory on a file system every node shares; ``nodelocal`` on
 node-local storage (``/dev/shm`` by default), where only ranks of one node meet.
-Tensors are ``.npy`` files (readable with ``numpy.load``); blobs are raw ``.bin`` files.
+``filesystem`` tensors are ``.npy`` files (readable with ``numpy.load``); blobs of both are raw
+``.bin`` files, and both replace a blob's file as below.
+
+``nodelocal`` tensors are ``.slots`` files written in place (see :class:`_Slots`): two slots per
+key that puts alternate between, a published generation, and a sequence check on every read, so
+a reader gets one whole value without the put allocating fresh pages. Only one node's page cache
+sees these files, so the in-place protocol is never used on a shared file system.
 
 A put is openat of a uniquely named temp file, one writev of header and data, close, and a
 rename over the key's file (on file systems other than tmpfs, an exchange of the two names and
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import io
 import itertools
 import os
@@ -24,7 +31,9 @@ import re
 import shutil
 import socket
 import stat
+import struct
 import tempfile
+import time
 import weakref
 from functools import lru_cache
 from pathlib import Path
@@ -33,11 +42,11 @@ from urllib.parse import quote
 
 import numpy as np
 
-from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.errors import BackendUnavailableError, StagingFullError, StagingTimeoutError
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 
-_SUFFIXES = (".npy", ".bin")
+_SUFFIXES = (".npy", ".bin", ".slots")
 _NPY_MAGIC = b"\x93NUMPY"
 _HEADER_GUESS = 256  # bytes read first when the header's size is not known (ours are 128)
 
@@ -184,13 +193,18 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
 class FileClient(StagingClient):
-    """Reads and writes files in one staging directory."""
+    """Reads and writes files in one staging directory.
 
-    def __init__(self, backend: str, root: Path) -> None:
+    ``in_place`` (default: for ``nodelocal``) writes tensors in place into two slots per key
+    (:class:`_Slots`); otherwise each put writes a fresh ``.npy`` file and renames it into place.
+    """
+
+    def __init__(self, backend: str, root: Path, in_place: bool | None = None) -> None:
         self.backend = backend
         self.root = root
         self._dir = _Directory(root)
         self._last_header: tuple[Any, Any, bytes] = (None, None, b"")
+        self.in_place = backend == "nodelocal" if in_place is None else in_place
 
     def close(self) -> None:
         self._dir.close()
@@ -200,14 +214,27 @@ class FileClient(StagingClient):
         if arr.dtype.hasobject:
             raise TypeError(f"Cannot stage a {arr.dtype} array: object arrays have no byte representation")
         header = self._header(arr.dtype, arr.shape)
-        self._write_atomic(key, _NPY[key], (header, arr), len(header) + arr.nbytes)
+        if self.in_place:
+            self._put_slots(key, header, arr)
+        else:
+            self._write_atomic(key, _NPY[key], (header, arr), len(header) + arr.nbytes)
 
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
         """Fetch the array under ``key``; with ``out``, header and data come in one read.
 
         If ``out`` does not match the stored dtype and shape, ValueError is raised and ``out`` may
-        have been written.
+        have been written. In place, a ``.npy`` file (one numpy wrote) is read when no slots file exists.
         """
+        if self.in_place:
+            try:
+                fd = os.open(_SLOTS[key], _READ, dir_fd=self._dir.fd)
+            except FileNotFoundError:
+                pass  # perhaps a .npy file
+            else:
+                try:
+                    return _Slots(fd, key).read(out, None if out is None else self._header(out.dtype, out.shape))
+                finally:
+                    os.close(fd)
         try:
             fd = os.open(_NPY[key], _READ, dir_fd=self._dir.fd)
         except FileNotFoundError:
@@ -233,7 +260,8 @@ class FileClient(StagingClient):
             os.close(fd)
 
     def exists(self, key: str) -> bool:
-        return self._exists(_NPY[key]) or self._exists(_BIN[key])
+        return ((self.in_place and self._exists(_SLOTS[key])) or self._exists(_NPY[key])
+                or self._exists(_BIN[key]))
 
     def _exists(self, name: str) -> bool:
         try:
@@ -243,7 +271,7 @@ class FileClient(StagingClient):
         return True
 
     def delete(self, key: str) -> None:
-        for name in (_NPY[key], _BIN[key]):
+        for name in (_SLOTS[key], _NPY[key], _BIN[key]):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=self._dir.fd)
 
@@ -280,6 +308,41 @@ class FileClient(StagingClient):
             _preadv_all(fd, key, _bytes_view(out)[n - len(expected):], n)
         return True
 
+    def _put_slots(self, key: str, header: bytes, arr: np.ndarray) -> None:
+        """Write ``arr`` in place into the key's free slot; a new slots file only for the first put or a new size."""
+        need = _SLOT_HEAD + len(header) + arr.nbytes
+        try:
+            fd = os.open(_SLOTS[key], os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir.fd)
+        except FileNotFoundError:
+            self._new_slots(key, header, arr, need)
+            return
+        try:
+            slots = _Slots(fd, key)
+            slots.lock()
+            gray, capacity = slots.control()
+            if not _fits(need, capacity):  # a bigger value, or one far smaller: a new file, swapped in
+                self._new_slots(key, header, arr, need)
+                return
+            try:
+                slots.write(gray, capacity, header, arr, need)
+            except OSError as exc:
+                if _is_full(exc):
+                    raise self._full(key) from None
+                raise
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _new_slots(self, key: str, header: bytes, arr: np.ndarray, need: int) -> None:
+        """A slots file sized for ``need`` holding ``arr`` as generation 2, renamed over the key's file."""
+        capacity = -(-need // _PAGE) * _PAGE
+        control = _CONTROL.pack(_SLOTS_MAGIC, _gray(2), capacity).ljust(_PAGE, b"\0")
+        self._write_atomic(key, _SLOTS[key], (control, _seq_block(2), header, arr),
+                           _PAGE + _SLOT_HEAD + len(header) + arr.nbytes)
+
+    def _full(self, key: str) -> StagingFullError:
+        return StagingFullError(f"No space left in {self.root} for {key!r}: free space or choose "
+                                "another staging path (--simai-staging-path)")
+
     def _write_atomic(self, key: str, name: str, parts: tuple[Any, ...], nbytes: int) -> None:
         """Write ``parts`` to a fresh temp file and put it under ``name``: readers see the old value or the new."""
         tmp, dir_fd = _temp_name(), self._dir.fd
@@ -293,10 +356,158 @@ class FileClient(StagingClient):
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StagingFullError(f"No space left in {self.root} for {key!r}: free space or choose "
-                                       "another staging path (--simai-staging-path)") from None
+            if _is_full(exc):
+                raise self._full(key) from None
             raise
+
+
+def _is_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+# The slots file: a control page, then two slots of ``capacity`` bytes each (a multiple of the page).
+#   control: magic, published generation g (Gray-coded), capacity
+#   slot g % 2 at _PAGE + (g % 2) * capacity: sequence block (g, Gray-coded, in its first 8 bytes),
+#   .npy header, data.
+# Generations are Gray-coded so that the two values a concurrent read of a word can mix differ in
+# one byte: a read that overlaps the store gets the old value or the new one, never a third.
+_PAGE = 4096
+_SLOT_HEAD = 64  # the sequence block; keeps the header, and so the data, 64-byte aligned
+_SLOTS_MAGIC = b"SIMAISL1"
+_CONTROL = struct.Struct("<8s8sQ")  # magic, published generation (Gray), slot capacity
+_READ_DEADLINE_S = 10.0  # a get that puts keep overwriting gives up after this
+_LOCK_DEADLINE_S = 10.0  # a put waits this long for another put of the key
+
+
+def _gray(generation: int) -> bytes:
+    return (generation ^ (generation >> 1)).to_bytes(8, "little")
+
+
+def _generation(gray: bytes) -> int:
+    """Inverse of :func:`_gray`."""
+    value = int.from_bytes(gray, "little")
+    shift = 1
+    while value >> shift:
+        value ^= value >> shift
+        shift <<= 1
+    return value
+
+
+def _fits(need: int, capacity: int) -> bool:
+    """Whether a value of ``need`` bytes (sequence block included) stays in slots of ``capacity``."""
+    return need <= capacity and (need * 4 > capacity or capacity <= 64 * 1024)
+
+
+def _seq_block(generation: int) -> bytes:
+    return _gray(generation).ljust(_SLOT_HEAD, b"\0")
+
+
+class _Slots:
+    """The in-place protocol on one open slots file: a seqlock over two slots.
+
+    A put (under an exclusive ``flock``, so puts of one key take turns) reads the published
+    generation g, writes generation g+1 into the other slot with one ``pwritev`` of sequence
+    block, header and data, in that order, and then publishes g+1 with one ``pwrite``. A get reads
+    the published g, then (one ``preadv``) slot g % 2's sequence block, header and data, then
+    that sequence block once more: unless both reads say g, the next put into this slot may have
+    started and the get starts over. The slot of the published value is never written, so a put
+    that dies part-way leaves the last value whole; the lock goes with its process.
+    """
+
+    __slots__ = ("fd", "key")
+
+    def __init__(self, fd: int, key: str) -> None:
+        self.fd, self.key = fd, key
+
+    def lock(self) -> None:
+        """Take the key's writer lock; StagingTimeoutError if another put holds it past the deadline."""
+        deadline = 0.0
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                deadline = deadline or time.monotonic() + _LOCK_DEADLINE_S
+                if time.monotonic() > deadline:
+                    raise StagingTimeoutError(f"{self.key!r}: another put held the key for "
+                                              f"{_LOCK_DEADLINE_S:g} s") from None
+                time.sleep(1e-4)
+
+    def control(self) -> tuple[bytes, int]:
+        """The published generation (Gray-coded) and the slot capacity."""
+        control = os.pread(self.fd, _CONTROL.size, 0)
+        if control[:8] != _SLOTS_MAGIC:
+            raise ValueError(f"{self.key!r}: not a slots file")
+        return control[8:16], int.from_bytes(control[16:24], "little")
+
+    def write(self, gray: bytes, capacity: int, header: bytes, arr: np.ndarray, need: int) -> None:
+        """Write the generation after ``gray`` into the free slot, then publish it (under :meth:`lock`)."""
+        generation = _generation(gray) + 1
+        offset = _PAGE + (generation & 1) * capacity
+        parts: tuple[Any, ...] = (_seq_block(generation), header, arr)
+        written = os.pwritev(self.fd, parts, offset)
+        if written != need:
+            _pwrite_rest(self.fd, parts, written, offset)
+        os.pwrite(self.fd, _gray(generation), 8)
+
+    def read(self, out: np.ndarray | None, expected: bytes | None) -> np.ndarray:
+        """The published value: into ``out`` if given (``expected``: the header ``out`` implies).
+
+        The common case (``out`` given and matching) is one ``pread`` of the control block, one
+        ``preadv`` of sequence block, header and data, and one ``pread`` of the sequence word.
+        """
+        fd, deadline = self.fd, 0.0
+        while True:
+            control = os.pread(fd, _CONTROL.size, 0)
+            if not control.startswith(_SLOTS_MAGIC):
+                raise ValueError(f"{self.key!r}: not a slots file")
+            gray = control[8:16]
+            offset = _PAGE + (int.from_bytes(gray, "little").bit_count() & 1) * int.from_bytes(control[16:], "little")
+            if expected is not None and out is not None:
+                head = bytearray(_SLOT_HEAD + len(expected))
+                buffers: list[Any] = [head, out]
+                try:
+                    n = os.preadv(fd, buffers, offset)
+                except (ValueError, BufferError):  # `out` not C-contiguous or not writable: parsed below
+                    n = -1
+                if (n == len(head) + out.nbytes and head.startswith(gray) and head.endswith(expected)
+                        and os.pread(fd, 8, offset) == gray):
+                    return out
+            got = self._read_parsed(gray, offset, out)
+            if got is not None:
+                return got
+            deadline = deadline or time.monotonic() + _READ_DEADLINE_S
+            if time.monotonic() > deadline:
+                raise StagingTimeoutError(f"{self.key!r}: puts overwrote the value throughout {_READ_DEADLINE_S:g} s of reads")
+
+    def _read_parsed(self, gray: bytes, offset: int, out: np.ndarray | None) -> np.ndarray | None:
+        """Parse the slot's header, read its data into ``out`` (checked) or a new array; None if a put came in between."""
+        try:
+            start = os.pread(self.fd, _SLOT_HEAD + _HEADER_GUESS, offset)
+            if start[:8] != gray:
+                return None
+            got = _read_npy_at(self.fd, self.key, out, start[_SLOT_HEAD:], offset + _SLOT_HEAD)
+        except (ValueError, OSError):
+            if os.pread(self.fd, 8, offset) == gray:
+                raise  # the slot held our generation throughout: the error is real
+            return None
+        return got if os.pread(self.fd, 8, offset) == gray else None
+
+
+def _pwrite_rest(fd: int, parts: tuple[Any, ...], written: int, offset: int) -> None:
+    """Finish a ``pwritev`` the kernel cut short (over 2 GiB)."""
+    views = [_bytes_view(p) for p in parts]
+    position = offset + written
+    while True:
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if not views:
+            return
+        views[0] = views[0][written:]
+        written = os.pwritev(fd, views, position)
+        if not written:
+            raise OSError(errno.EIO, "write made no progress")
+        position += written
 
 
 class FileRaw(RawReference):
@@ -353,7 +564,7 @@ class _Names(dict[str, str]):
         return name
 
 
-_NPY, _BIN, _RAW = _Names("", ".npy"), _Names("", ".bin"), _Names("raw.", "")
+_NPY, _BIN, _RAW, _SLOTS = _Names("", ".npy"), _Names("", ".bin"), _Names("raw.", ""), _Names("", ".slots")
 _READ = os.O_RDONLY | os.O_CLOEXEC
 
 
@@ -404,18 +615,22 @@ def _parse_npy_header(header: bytes) -> tuple[tuple[int, ...], np.dtype[Any], in
 
 def _read_npy(fd: int, key: str, out: np.ndarray | None) -> np.ndarray:
     """Read a .npy file whose header is not known in advance (no ``out``, or one that may not match)."""
-    start = os.pread(fd, _HEADER_GUESS, 0)
+    return _read_npy_at(fd, key, out, os.pread(fd, _HEADER_GUESS, 0), 0)
+
+
+def _read_npy_at(fd: int, key: str, out: np.ndarray | None, start: bytes, base: int) -> np.ndarray:
+    """Read the .npy value at ``base`` in the file, given its first bytes ``start``."""
     if not start.startswith(_NPY_MAGIC) or len(start) < 10:
         raise ValueError(f"{key!r}: not a .npy file")
     size = 10 + int.from_bytes(start[8:10], "little") if start[6] == 1 else 12 + int.from_bytes(start[8:12], "little")
     if len(start) < size:
-        start += os.pread(fd, size - len(start), len(start))
+        start += os.pread(fd, size - len(start), base + len(start))
     shape, dtype, offset = _parse_npy_header(bytes(start[:size]))
     if out is None:
         out = np.empty(shape, dtype)
     else:
         check_out(key, out, dtype, shape)
-    _preadv_all(fd, key, out, offset)
+    _preadv_all(fd, key, out, base + offset)
     return out
 
 
