@@ -1,4 +1,4 @@
-"""``simai-bench``: compare runs (the regression gate), measure the gate, write reports, show FOM tables.
+"""``simai-bench``: compare runs (the regression gate), measure the gate, write reports, show FOM tables, predict.
 
 Exit codes: 0 fine, 1 a FOM (or round time) regressed (``gate-check``: the gate missed its
 target), 2 bad input or runs that are not comparable (other world size, machine or params).
@@ -134,6 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("run", metavar="RUN", help="JSON file or storage run id")
     summ.add_argument("--report", type=Path, default=None, metavar="DIR", help="also write the report and plots there")
     summ.add_argument("--storage", type=Path, default=None, metavar="DIR", help=STORAGE_HELP)
+
+    pred = sub.add_parser("predict", help="predict a motif-6 workflow's staging traffic from a micro run (--check: "
+                                          "against a mini run)")
+    pred.add_argument("micro", metavar="MICRO", nargs="+", help="micro run(s) of this machine (one per world size)")
+    pred.add_argument("--check", metavar="MINI", default=None,
+                      help="predict every motif-6 benchmark of this mini run and print predicted vs measured")
+    pred.add_argument("--backend", default=None, help="backend to predict (default: every one the micro run measured)")
+    pred.add_argument("--ranks", type=int, default=4, help="MPI ranks of the workflow (default 4)")
+    pred.add_argument("--model", choices=("mlp", "gnn"), default="mlp", help="surrogate (default mlp)")
+    pred.add_argument("--sync-steps", type=int, default=20, help="sync steps of the run (default 20)")
+    pred.add_argument("--contention", choices=("node", "callers"), default="node",
+                      help="price each call as measured with as many micro ranks as the workflow has (node, default) "
+                           "or as make the same call at once (callers)")
+    pred.add_argument("--fetch-fraction", type=float, default=1.0,
+                      help="share of sync steps at which a new checkpoint reaches the simulation (default 1)")
+    pred.add_argument("--epochs-per-sync", type=float, default=None,
+                      help="epochs the trainer trains per sync step (default: checkpoint-every x fetch-fraction)")
+    for name, kind, what in (("problem-size", str, "debug/small/medium/large/very_large (default small)"),
+                             ("inputs", str, "well_posed or reference (default well_posed)"),
+                             ("step-time", float, "seconds of emulated work per step (default 0.5)"),
+                             ("train-interval", int, "steps between sync points (default 5)"),
+                             ("sim-fraction", float, "share of ranks that simulate (default 0.5)"),
+                             ("checkpoint-every", int, "epochs between checkpoints (default 10)"),
+                             ("mini-batch", int, "trainer mini-batch"), ("epoch-batches", int, "mini-batches per epoch")):
+        pred.add_argument(f"--simai-{name}", type=kind, default=None, help=f"as the mini benchmark's option: {what}")
+    pred.add_argument("--storage", type=Path, default=None, metavar="DIR", help=STORAGE_HELP)
     return parser
 
 
@@ -225,6 +251,32 @@ def cmd_summary(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    """Print a workflow's predicted traffic per backend, or predicted vs measured for a mini run."""
+    from simai_core.predict import check, estimate, model, workflow
+
+    micro = _load(args.micro, args.storage)
+    names = [args.backend] if args.backend else model.backends(micro)
+    models = {name: model.cost_model(micro, name) for name in names}
+    empty = [name for name, m in models.items() if not m.curves]
+    if not names or empty:
+        raise SimaiError(f"the micro run(s) measured no put/get of {', '.join(empty) or 'any backend'}")
+    if args.check is not None:
+        [mini] = _load([args.check], args.storage)
+        check.render_check(check.check_runs(mini, models, args.contention), console)
+        return EXIT_OK
+    try:
+        cfg = workflow.workflow_config(args.simai_problem_size or "small", args.model, args.simai_inputs,
+                                       args.simai_step_time, args.simai_train_interval, args.simai_sim_fraction,
+                                       args.simai_checkpoint_every, args.simai_mini_batch, args.simai_epoch_batches)
+        shape = workflow.shape(cfg, args.ranks, args.fetch_fraction, args.epochs_per_sync)
+    except ValueError as exc:  # pydantic's errors and a rank count that cannot split
+        raise UsageError(f"bad workflow options: {str(exc).splitlines()[0]}") from None
+    for name in names:
+        estimate.render(estimate.predict(models[name], shape, args.sync_steps, contention=args.contention), console)
+    return EXIT_OK
+
+
 def _console() -> Console:
     """Stdout console; piped into a CI log (no terminal, no COLUMNS) it is 160 wide, not rich's 80."""
     if sys.stdout.isatty() or "COLUMNS" in os.environ:
@@ -233,7 +285,7 @@ def _console() -> Console:
 
 
 COMMANDS = {"compare": cmd_compare, "gate-check": cmd_gate_check, "report": cmd_report, "show": cmd_show,
-            "summary": cmd_summary}
+            "summary": cmd_summary, "predict": cmd_predict}
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:

@@ -1,0 +1,229 @@
+"""The cost of one staging operation, from the micro benchmarks' per-op times.
+
+Per operation: ``cost = latency + bytes / bandwidth``.
+
+* A :class:`Curve` holds one operation's measured per-op times (``<op>_latency_s``: each
+  rank's median round, mean over ranks) at the sizes the micro benchmark swept, all with
+  one number of clients at once (the run's world size). Its latency is the intercept of
+  the line through the two smallest sizes; the bandwidth at every other measured size is
+  ``nbytes / (time - latency)``. Between measured sizes the bandwidth is interpolated in
+  log-size (log-log), so the curve passes through every measured point; outside the
+  measured range the bandwidth of the nearest measured size is kept (the model
+  extrapolates) and the cost carries a warning.
+* Contention (:class:`CostModel`): ``c`` workflow ranks doing the same operation at once
+  cost what one op cost while ``c`` micro ranks did it at once, interpolated linearly
+  between the measured rank counts (one micro run per world size); outside them the
+  nearest count's cost is kept, with a warning. The measured aggregates (``<op>_GBps``,
+  all ranks' bytes over the round's common window) are not used: the window includes
+  the ranks' start skew after the round's barrier, which on an oversubscribed node is
+  milliseconds and would be charged to every small operation, whereas the workflow's
+  accounting times each rank's own call.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from simai_core.report.loading import Bench, Run
+
+#: Operations the model knows: the staging client's verbs (``exists`` also stands for a
+#: get of a missing key and for a delete: one round trip that moves no value).
+OPS = ("put_tensor", "get_tensor", "put_bytes", "get_bytes", "exists")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured size of an operation: its per-op time with the curve's clients."""
+
+    nbytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """What one operation costs: ``latency_s + transfer_s``; ``warning`` when the model extrapolated."""
+
+    latency_s: float
+    transfer_s: float
+    warning: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        """The whole per-op time."""
+        return self.latency_s + self.transfer_s
+
+    def scaled(self, factor: float, warning: str | None = None) -> OpCost:
+        """Both terms times ``factor``; the warnings of both joined."""
+        joined = "; ".join(w for w in (self.warning, warning) if w) or None
+        return OpCost(self.latency_s * factor, self.transfer_s * factor, joined)
+
+
+def _intercept(a: Sample, b: Sample) -> float:
+    """Latency: where the line through the two smallest sizes meets zero bytes, kept within [0, a.seconds]."""
+    if b.nbytes == a.nbytes:
+        return a.seconds
+    latency = (a.seconds * b.nbytes - b.seconds * a.nbytes) / (b.nbytes - a.nbytes)
+    return min(max(latency, 0.0), a.seconds)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One operation measured at several sizes with ``clients`` clients at once."""
+
+    op: str
+    clients: int
+    samples: tuple[Sample, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise ValueError(f"{self.op}: a curve needs at least one measured size")
+        object.__setattr__(self, "samples", tuple(sorted(self.samples, key=lambda s: s.nbytes)))
+
+    @property
+    def latency_s(self) -> float:
+        """The fixed per-op cost (zero-byte intercept)."""
+        s = self.samples
+        return s[0].seconds if len(s) == 1 else _intercept(s[0], s[1])
+
+    def _log_bandwidths(self) -> list[float]:
+        """ln(bytes/s) of the transfer term at each measured size (the smallest takes its neighbour's)."""
+        lat = self.latency_s
+        # A larger size measured no slower than the latency (noise) gets a tiny transfer term, not a negative one.
+        logs = [math.log(s.nbytes / max(s.seconds - lat, 1e-12 * s.seconds, 1e-15)) if s.nbytes > 0 else math.nan
+                for s in self.samples]
+        if len(logs) > 1:
+            logs[0] = logs[1]
+        return logs
+
+    def cost(self, nbytes: int) -> OpCost:
+        """The per-op cost at ``nbytes`` with the curve's clients."""
+        s, lat = self.samples, self.latency_s
+        if len(s) == 1 or nbytes <= 0 or s[-1].nbytes <= 0:
+            return OpCost(lat, 0.0)  # a round trip that moves no value, or a size the op does not have
+        sizes = [x.nbytes for x in s]
+        logs = self._log_bandwidths()
+        warning = None
+        if nbytes < sizes[0]:
+            log_bw, warning = logs[0], f"{self.op} at {nbytes} B: below the smallest measured size ({sizes[0]} B)"
+        elif nbytes > sizes[-1]:
+            log_bw, warning = logs[-1], f"{self.op} at {nbytes} B: above the largest measured size ({sizes[-1]} B)"
+        else:
+            i = bisect.bisect_left(sizes, nbytes)
+            if sizes[i] == nbytes:
+                log_bw = logs[i]
+            else:
+                w = math.log(nbytes / sizes[i - 1]) / math.log(sizes[i] / sizes[i - 1])
+                log_bw = (1 - w) * logs[i - 1] + w * logs[i]
+        if warning:
+            warning += f", extrapolated with that size's bandwidth ({self.source or self.op})"
+        return OpCost(lat, nbytes / math.exp(log_bw), warning)
+
+
+@dataclass
+class CostModel:
+    """Every measured curve of one backend, by operation and client count."""
+
+    backend: str
+    curves: dict[str, dict[int, Curve]] = field(default_factory=dict)
+
+    def add(self, curve: Curve) -> None:
+        """Add a curve (one op, one client count); a second curve of the same op and count merges its sizes."""
+        mine = self.curves.setdefault(curve.op, {})
+        old = mine.get(curve.clients)
+        if old is not None:
+            sources = list(dict.fromkeys([*old.source.split("; "), curve.source]))
+            curve = Curve(curve.op, curve.clients, old.samples + curve.samples, "; ".join(sources))
+        mine[curve.clients] = curve
+
+    def cost(self, op: str, nbytes: int, clients: int) -> OpCost:
+        """One op of ``nbytes`` while ``clients`` ranks do the same: the per-op time measured with that many clients.
+
+        Between measured client counts the cost is interpolated linearly in the count; outside them the
+        nearest count's cost is kept, with a warning.
+        """
+        by_count = self.curves.get(op)
+        if not by_count:
+            raise KeyError(f"the micro run has no measurement of {op} on {self.backend}")
+        counts = sorted(by_count)
+        at = {w: by_count[w].cost(nbytes) for w in counts}
+        if clients in at:
+            return at[clients]
+        if clients < counts[0] or clients > counts[-1]:
+            near = counts[0] if clients < counts[0] else counts[-1]
+            return at[near].scaled(1.0, f"{op} with {clients} concurrent client(s): measured with "
+                                        f"{', '.join(map(str, counts))}, the {near}-client cost kept")
+        hi = bisect.bisect_left(counts, clients)
+        a, b = at[counts[hi - 1]], at[counts[hi]]
+        w = (clients - counts[hi - 1]) / (counts[hi] - counts[hi - 1])
+        return OpCost((1 - w) * a.latency_s + w * b.latency_s, (1 - w) * a.transfer_s + w * b.transfer_s,
+                      "; ".join(x for x in (a.warning, b.warning) if x) or None)
+
+    def describe(self) -> list[str]:
+        """One line per curve: what was measured, at which sizes and client counts."""
+        lines = []
+        for op in OPS:
+            for w, curve in sorted(self.curves.get(op, {}).items()):
+                sizes = [s.nbytes for s in curve.samples]
+                span = f"{min(sizes)}-{max(sizes)} B" if max(sizes) > 0 else "no value"
+                lines.append(f"{op}: {w} client(s), {len(sizes)} size(s) {span} ({curve.source})")
+        return lines
+
+
+# --- reading a micro run --------------------------------------------------------------------------------------------
+
+
+def _value(bench: Bench, fom: str) -> float | None:
+    """The mean per-op time over every round on every rank (``samples``), else the FOM's value (a median).
+
+    A workflow's traffic is a sum of calls, whose expectation is the mean call, not the median: on a
+    busy node the rare call that waits for a CPU slice weighs in the sum.
+    """
+    f = bench.foms.get(fom)
+    if f is None:
+        return None
+    values = [x for x in (f.samples or [f.value]) if math.isfinite(x) and x > 0]
+    return sum(values) / len(values) if values else None
+
+
+def _points(bench: Bench) -> Iterable[tuple[str, int, Sample]]:
+    """(op, clients, sample) that one micro benchmark contributes: its per-rank per-op time (``*latency_s``)."""
+    params, world, name = bench.params, bench.world_size or 1, bench.base_name
+    op, nbytes = params.get("op"), params.get("nbytes")
+    if name == "test_tensor" and op in ("put", "get") and isinstance(nbytes, int):
+        t = _value(bench, f"{op}_latency_s")
+        if t:
+            yield f"{op}_tensor", world, Sample(nbytes, t)
+    elif name == "test_checkpoint" and op in ("push", "pull") and isinstance(nbytes, int):
+        t = _value(bench, f"{op}_latency_s")
+        if t:  # rank 0 pushes alone (the others idle); every rank pulls
+            yield ("put_bytes", 1, Sample(nbytes, t)) if op == "push" else ("get_bytes", world, Sample(nbytes, t))
+    elif name == "test_metadata" and op in ("put_scalar", "exists"):
+        t = _value(bench, "latency_s")
+        if t:  # put_scalar stores an 8-byte tensor: the put curve's smallest size
+            yield ("put_tensor", world, Sample(8, t)) if op == "put_scalar" else ("exists", world, Sample(0, t))
+
+
+def cost_model(runs: Sequence[Run], backend: str) -> CostModel:
+    """The cost model of ``backend`` from one or more micro runs (one per world size, say)."""
+    model = CostModel(backend)
+    for run in runs:
+        for bench in run.benches:
+            if bench.level != "micro" or bench.backend != backend:
+                continue
+            for op, clients, sample in _points(bench):
+                model.add(Curve(op, clients, (sample,), f"{bench.base_name} {bench.params.get('op')} ({run.label})"))
+    return model
+
+
+def backends(runs: Sequence[Run]) -> list[str]:
+    """The backends the micro runs measured, in order of appearance."""
+    seen: dict[str, None] = {}
+    for run in runs:
+        for bench in run.benches:
+            if bench.level == "micro" and bench.backend:
+                seen.setdefault(bench.backend)
+    return list(seen)
