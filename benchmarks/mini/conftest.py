@@ -25,6 +25,26 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "--simai-window": (None, "trainer keeps only the newest N sync steps (default: all)"),
 }
 
+# Steering motif (benchmarks/mini/test_steering.py).
+_STEERING_OPTIONS: dict[str, tuple[Any, str]] = {
+    "--simai-steering-launchers": ("pool,mpiexec,smartsim,dragon",
+                                   "steering: launchers to run, of pool, mpiexec, smartsim, dragon (default all; dragon "
+                                   "runs on the dragon backend only, the others on every other backend)"),
+    "--simai-steering-modes": ("batch,streaming", "steering: batch (refit after every W results), streaming (after "
+                                                  "every result); default both"),
+    "--simai-steering-policies": ("ai", "steering: policies of the launcher x mode benchmarks, of ai, random (default "
+                                        "ai; test_steering_vs_random runs both)"),
+    "--simai-steering-workers": ("4", "steering: W, simulations running at once (default 4)"),
+    "--simai-steering-ranks-per-sim": ("1", "steering: MPI ranks per simulation (default 1)"),
+    "--simai-steering-budget": ("64", "steering: most simulations per run (default 64)"),
+    "--simai-steering-seeds": ("0,1,2", "steering: seeds of the AI-vs-random comparison; the first is the launcher x "
+                                        "mode benchmarks' (default 0,1,2)"),
+    "--simai-steering-tolerance": ("0.05", "steering: target, largest normalised parameter error (default 0.05)"),
+    "--simai-steering-field-size": ("64KiB", "steering: size of each simulation's field, 16KiB to 16MiB (sets the "
+                                             "grid; CG cost grows as its cube: 16MiB takes minutes per simulation)"),
+    "--simai-steering-deadline": ("240", "steering: seconds one run may take before it is stopped (default 240)"),
+}
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("simai-mini", "SimAI-Bench mini benchmarks")
@@ -36,4 +56,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="SST queue limit of the streamed data path (default 2; 1 costs ~40 ms per small step here)")
     group.addoption("--simai-allow-unconverged", action="store_true", default=False,
                     help="record a run whose surrogate did not converge without failing the test")
+    for name, (default, help_text) in _STEERING_OPTIONS.items():
+        group.addoption(name, default=default, help=help_text)
+    group.addoption("--simai-steering-allow-unreached", action="store_true", default=False,
+                    help="steering: record an AI run that did not reach the target without failing the test")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Steering: one benchmark per launcher x mode x policy named by the options."""
+    for fixture, option in (("steering_launcher", "--simai-steering-launchers"),
+                            ("steering_mode", "--simai-steering-modes"),
+                            ("steering_policy", "--simai-steering-policies")):
+        if fixture in metafunc.fixturenames:
+            values = [v.strip() for v in metafunc.config.getoption(option).split(",") if v.strip()]
+            metafunc.parametrize(fixture, values, ids=values)
 

@@ -10,7 +10,7 @@ from simai_core.steering.learner import Policy
 
 Mode = Literal["batch", "streaming"]
 LauncherName = Literal["pool", "mpiexec", "smartsim", "dragon"]
-Failure = Literal["exit", "raise"]
+Failure = Literal["exit", "raise", "hang"]
 
 
 class SteeringConfig(BaseModel):
@@ -32,4 +32,5 @@ class SteeringConfig(BaseModel):
     deadline_s: float = Field(540.0, gt=0, description="the whole run ends by then, whatever is running")
     max_failures: int = Field(8, ge=0, description="failed simulations tolerated before the run gives up")
     fail: dict[int, Failure] = Field({}, description="tests: simulation id -> injected failure on its first attempt")
-    release_together: bool = Field(False, description="tests: each batch's simulations stage their results at once")
+    release_after_s: float | None = Field(None, description="tests: a decision's simulations stage their results "
+                                                            "together, this long after it")

@@ -56,15 +56,19 @@ class GPChooser:
         self.model: Any = None
 
     def fit(self, x: np.ndarray, misfit: np.ndarray) -> None:
-        """Refit the GP on every result (hyper-parameters re-optimised)."""
+        """Refit the GP on every result (hyper-parameters re-optimised from the last fit's)."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
         self.x, self.y = np.asarray(x, dtype=np.float64), np.log10(np.maximum(misfit, _FLOOR))
-        kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern([0.2] * DIM, (1e-3, 10.0), nu=2.5)
-                  + WhiteKernel(1e-4, (1e-8, 1e-1)))
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=self.restarts,
+        if self.model is None:
+            kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern([0.2] * DIM, (1e-3, 10.0), nu=2.5)
+                      + WhiteKernel(1e-4, (1e-8, 1e-1)))
+            restarts = self.restarts
+        else:  # warm start: the optimiser begins at the last fit's hyper-parameters
+            kernel, restarts = self.model.kernel_, 0
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=restarts,
                                       random_state=int(self.rng.integers(2**31)))
         with warnings.catch_warnings():  # hyper-parameters at a bound are expected early on, not an error
             warnings.simplefilter("ignore", ConvergenceWarning)

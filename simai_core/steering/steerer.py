@@ -167,7 +167,7 @@ class Steerer:
         self._launch_points(points, decision)
 
     def _launch_points(self, points: np.ndarray, decision: Decision) -> None:
-        release = time.time() + 1.0 if self.cfg.release_together else None
+        release = time.time() + self.cfg.release_after_s if self.cfg.release_after_s else None
         records = []
         t0 = time.perf_counter()
         for theta in points:
@@ -262,3 +262,20 @@ class Steerer:
         self.running.clear()
         self.launcher.close()
         return cancelled
+
+
+def run_steering(cfg: SteeringConfig, client: StagingClient, backend: str, address: str, workdir: Any,
+                 pool_ranks: bool = False) -> SteeringResult:
+    """One whole run: the problem of ``cfg.seed``, the launcher, the loop; this run's keys are removed after."""
+    from simai_core.steering.launchers import make_launcher
+    from simai_core.steering.problem import make_problem
+    from simai_core.steering.solver import grid_points
+
+    problem = make_problem(cfg.seed, grid_points(cfg.field_bytes), cfg.tolerance)
+    launcher = make_launcher(cfg, client, backend, address, workdir, pool_ranks=pool_ranks)
+    try:
+        return Steerer(cfg, client, launcher, problem).run()
+    finally:
+        launcher.close()
+        if not pool_ranks:  # pool ranks may still stage a result: the caller cleans once they stopped
+            client.clean(SteerKeys(cfg.run_id).prefix)

@@ -104,13 +104,15 @@ def run_simulation(client: StagingClient, keys: SteerKeys, sim: int, comm: Any, 
 
 
 def _inject_failure(kind: str | None) -> None:
-    """Tests: ``exit`` ends the process at once (a crash), ``raise`` fails the simulation."""
+    """Tests: ``exit`` ends the process at once (a crash), ``raise`` fails the simulation, ``hang`` never ends."""
     if kind == "exit":
         sys.stderr.write("injected crash\n")
         sys.stderr.flush()
         os._exit(CRASH_EXIT_CODE)
     if kind == "raise":
         raise RuntimeError("injected failure")
+    if kind == "hang":
+        time.sleep(3600)
 
 
 def pool_loop(client: StagingClient, keys: SteerKeys, worker: int, comm: Any, deadline: float,
