@@ -153,3 +153,25 @@ def test_micro_benchmarks_run_on_three_shards_under_mpi(tmp_path):
     assert benches and all(b["extra_info"]["simai"]["backend_detail"]["shards"] == 3 for b in benches)
     names = {b["name"].split("[")[0] for b in benches}
     assert {"test_tensor", "test_checkpoint", "test_metadata"} <= names
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec in the venv: make setup (installs the mpich wheel)")
+@pytest.mark.skipif(mpi.size() > 1, reason="launches its own mpiexec job")
+def test_mini_benchmark_runs_clustered_on_three_shards_under_mpi(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("mpipartition")
+    out = tmp_path / "mini.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_"))}
+    proc = subprocess.run([str(MPIEXEC), "-n", "4", sys.executable, "-m", "pytest", "benchmarks/mini",
+                           "-m", "mini and redis", "-k", "clustered and mlp and not streamed",
+                           "--simai-redis-shards", "3", "--simai-problem-size", "debug", "--simai-step-time", "0.05",
+                           "--simai-max-steps", "30", "--simai-allow-unconverged", "-q", "-p", "no:cacheprovider",
+                           "--benchmark-json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    [bench] = json.loads(out.read_text())["benchmarks"]
+    simai, fom = bench["extra_info"]["simai"], bench["extra_info"]["fom"]
+    assert simai["backend_detail"]["shards"] == 3 and simai["deployment"] == "clustered"
+    # Snapshots went through the cluster for every step; whether the trainer finished an epoch in 30 short
+    # steps depends on how busy the machine is, so it is not asserted.
+    assert fom["sim_data_GBps_per_rank"]["value"] > 0 and fom["steps"]["value"] == 30
