@@ -26,6 +26,9 @@ class GNNConfig(BaseModel):
     n_mlp_hidden_layers: int = Field(2, ge=0, description="Hidden layers inside every internal MLP")
     n_message_passing_layers: int = Field(6, ge=1, description="Processor blocks (edge update + node update)")
     layer_norm: bool = Field(True, description="LayerNorm after encoders and processor MLPs")
+    residual: bool = Field(
+        False, description="Predict the change: output = the first n_out inputs + the decoder's output (the targets "
+                           "are the first inputs some steps later, as in MeshGraphNets)")
 
 
 ModelConfig = Annotated[MLPConfig | GNNConfig, Field(discriminator="kind")]

@@ -59,7 +59,8 @@ class GNN(nn.Module):
 
     ``forward(x, edge_index, pos)``: ``x`` ``(n, n_in)`` float32, ``edge_index`` ``(2, E)``
     int64 (row 0 sender, row 1 receiver), ``pos`` ``(n, spatial_dim)`` float32;
-    returns ``(n, n_out)``. Several graphs are batched as one disjoint union.
+    returns ``(n, n_out)`` (with ``residual``: ``x[:, :n_out]`` plus the decoded change). Several
+    graphs are batched as one disjoint union.
     """
 
     def __init__(self, config: GNNConfig, n_in: int, n_out: int, spatial_dim: int) -> None:
@@ -69,6 +70,10 @@ class GNN(nn.Module):
         self.edge_encoder = make_mlp(n_in + spatial_dim + 1, h, h, nh, ln)
         self.processor = nn.ModuleList(ProcessorBlock(h, nh, ln) for _ in range(config.n_message_passing_layers))
         self.node_decoder = make_mlp(h, h, n_out, nh, False)
+        if config.residual and n_out > n_in:
+            raise ValueError(f"a residual GNN adds its output to the first n_out inputs: n_out {n_out} > n_in {n_in}")
+        self.residual = config.residual
+        self.n_out = n_out
 
     def forward(self, x: Tensor, edge_index: Tensor, pos: Tensor) -> Tensor:
         """Predict ``(n, n_out)`` for every node."""
@@ -79,4 +84,5 @@ class GNN(nn.Module):
         v = self.node_encoder(x)
         for block in self.processor:
             v, e = block(v, e, edge_index)
-        return self.node_decoder(v)
+        out = self.node_decoder(v)
+        return x[:, : self.n_out] + out if self.residual else out

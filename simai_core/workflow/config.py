@@ -19,11 +19,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simai_core.models.config import MLPConfig, ModelConfig
+from simai_core.solvers.config import ACOUSTIC_SIZES, AcousticConfig
 
 ProblemSize = Literal["debug", "small", "medium", "large", "very_large"]
 ProblemInputs = Literal["well_posed", "reference"]
 Criterion = Literal["skill", "mse"]
 Deployment = Literal["clustered", "colocated"]
+Solver = Literal["mock", "acoustic"]
 
 
 class ProblemConfig(BaseModel):
@@ -52,9 +54,13 @@ class GraphConfig(BaseModel):
 
 
 class SimulationConfig(BaseModel):
-    """The mock simulation's time loop and stopping rule."""
+    """The simulation's time loop, stopping rule and what produces its fields."""
 
     model_config = ConfigDict(extra="forbid")
+    solver: Solver = Field(
+        "mock", description="mock: the analytic travelling wave with emulated step work (mini level); acoustic: the "
+                            "Devito acoustic-wave solver, one loop step = horizon_steps time steps (full level)")
+    acoustic: AcousticConfig = Field(default_factory=AcousticConfig, description="The acoustic solver (solver acoustic)")
     max_steps: int = Field(1000, ge=1, description="Step limit (reference numts)")
     train_interval: int = Field(5, ge=1, description="Steps between sync points (send + checkpoint check + inference)")
     criterion: Criterion = Field(
@@ -67,9 +73,9 @@ class SimulationConfig(BaseModel):
     tolerance: float = Field(0.01, gt=0, description="Inference MSE of a successful check (criterion mse; reference 0.01)")
     success_checks: int = Field(5, ge=1, description="Consecutive successful checks that stop the workflow")
     step_cost: Literal["sleep", "kernel"] = Field(
-        "sleep", description="Emulated PDE work per step: sleep (no CPU) or a real NumPy stencil kernel"
+        "sleep", description="Emulated PDE work per step (mock): sleep (no CPU) or a real NumPy stencil kernel"
     )
-    step_time_s: float = Field(0.5, ge=0, description="Target wall time of the emulated work per step")
+    step_time_s: float = Field(0.5, ge=0, description="Target wall time of the emulated work per step (mock)")
 
 
 class TrainerConfig(BaseModel):
@@ -176,6 +182,9 @@ class WorkflowConfig(BaseModel):
         if self.peer_timeout_s <= beat_gap:
             raise ValueError(f"peer_timeout_s ({self.peer_timeout_s:g}) must exceed step_time_s + heartbeat_interval_s "
                              f"({beat_gap:g}): a live simulation would be declared dead between heartbeats")
+        if self.simulation.solver == "acoustic" and self.problem.size not in ACOUSTIC_SIZES:
+            raise ValueError(f"problem.size {self.problem.size!r}: the acoustic solver's sizes are "
+                             f"{', '.join(ACOUSTIC_SIZES)}")
         return self
 
     @property
@@ -183,8 +192,14 @@ class WorkflowConfig(BaseModel):
         """``mlp`` or ``gnn``."""
         return self.trainer.model.kind
 
-    def cadence(self) -> Cadence:
-        """The trainer's cadence for this problem size."""
+    def points_per_rank(self) -> int:
+        """Grid points (samples, graph nodes) per simulation rank."""
+        if self.simulation.solver == "acoustic":
+            return ACOUSTIC_SIZES[self.problem.size].n_points
         from simai_core.workflow.problem import problem_spec  # the problem module imports this one
 
-        return self.trainer.cadence(problem_spec(self.problem.size).n_points)
+        return problem_spec(self.problem.size).n_points
+
+    def cadence(self) -> Cadence:
+        """The trainer's cadence for this problem size."""
+        return self.trainer.cadence(self.points_per_rank())

@@ -26,13 +26,15 @@ the sizes that lack it; ``inputs="reference"`` keeps the reference's fields.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from simai_core.workflow.config import ProblemConfig, ProblemInputs, ProblemSize
+from simai_core.solvers.base import FieldSource
+from simai_core.workflow.config import ProblemConfig, ProblemInputs, ProblemSize, SimulationConfig
 
 DEBUG_DIFFERENCE = ("debug is a 1-D travelling wave (512 points per rank, period 60), not the reference's static "
                     "random-point function y = sin(x) + 0.1 sin(4 pi x)")
@@ -161,3 +163,60 @@ class WaveProblem:
         out[:, :k] = wave_fields(self.spec, self.coords, step, self.fields)
         out[:, k:] = wave_fields(self.spec, self.coords, step + 1, self.fields)
         return out
+
+
+class StepKernel:
+    """Emulated PDE work for one step: sleep, or Jacobi sweeps on a private grid until the time is up."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        self.mode, self.seconds = config.step_cost, config.step_time_s
+        self.grid = np.random.default_rng(0).random((256, 256)) if self.mode == "kernel" else None
+        self.sweeps = 0
+
+    def run(self) -> None:
+        """Spend ``step_time_s`` of wall time."""
+        if self.mode == "sleep" or self.grid is None:
+            time.sleep(self.seconds)
+            return
+        g = self.grid
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            g[1:-1, 1:-1] = 0.25 * (g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:])
+            self.sweeps += 1
+
+
+class MockFields(FieldSource):
+    """The mock as a field producer: emulated step work, then the analytic snapshot (every step, as the reference).
+
+    The sample is the fields at the step then at the next step; persistence predicts the
+    next fields as the current ones, and inference is judged on every point (the analytic
+    wave needs no neighbourhood).
+    """
+
+    def __init__(self, problem: ProblemConfig, simulation: SimulationConfig, comm: MPI.Comm) -> None:
+        self.problem = WaveProblem(problem, comm)
+        self.kernel = StepKernel(simulation)
+        self.sample = self.problem.snapshot(0)
+        self.coords = self.problem.coords
+        self.persistence_columns = tuple(range(self.problem.n_in))
+        self.interior = np.ones(self.problem.spec.n_points, dtype=bool)
+
+    @property
+    def n_in(self) -> int:
+        return self.problem.n_in
+
+    @property
+    def n_out(self) -> int:
+        return self.problem.n_in
+
+    @property
+    def dim(self) -> int:
+        return self.problem.spec.dim
+
+    def advance(self, step: int, capture: bool) -> None:
+        self.kernel.run()
+        self.problem.snapshot(step, out=self.sample)
+
+    def detail(self) -> dict[str, Any]:
+        sub = self.problem.subdomain
+        return {"subdomain": {"origin": sub.origin, "extent": sub.extent}}

@@ -120,6 +120,8 @@ def local_foms(report: ComponentReport) -> dict[str, float]:
     _put(out, f"{p}_checkpoint_GBps_per_rank", report.GBps("checkpoint"))
     if p == "sim":
         out |= {"time_to_solution_s": report.wall_s, "steps": float(report.steps)}
+        for name, value in report.detail.get("producer_foms", {}).items():  # a solver's compile time, throughput
+            _put(out, name, value)
         if report.outcome is not None:
             _put(out, "final_mse", report.outcome.final_mse)
             _put(out, "final_skill", report.outcome.skill)
@@ -127,9 +129,43 @@ def local_foms(report: ComponentReport) -> dict[str, float]:
         out |= {"trainer_time_s": report.wall_s, "epochs": float(report.epochs)}
         _put(out, "final_loss", report.detail.get("final_loss"))
         _put(out, "discarded_steps", report.detail.get("stream_discarded_steps"))
+        _put(out, "train_samples_per_s", report.detail.get("train_samples_per_s"))
     return out
 
 
 def _put(out: dict[str, float], name: str, value: float | None) -> None:
     if value is not None and math.isfinite(value):
         out[name] = float(value)
+
+
+#: The full level's FOMs: the motif-6 ones plus the solver's and the trainer's own rates and the
+#: nekRS-ML style combined figure (see :func:`combined_rate`).
+FULL_FOMS: dict[str, FomSpec] = {
+    **MOTIF6_FOMS,
+    "compile_time_s": FomSpec(unit="s", better="lower", combine="max"),
+    "solver_GPtsps": FomSpec(unit="GPts/s", better="higher", combine="sum"),
+    "train_samples_per_s": FomSpec(unit="samples/s", better="higher", combine="sum"),
+}
+
+#: The terms of the combined figure, each in the unit it enters the harmonic mean with.
+COMBINED_TERMS = {"solver": "GPts/s (grid-point updates, all simulation ranks)",
+                  "training": "Msamples/s (grid points through forward and backward, all trainer ranks)",
+                  "transfer": "GB/s (the simulation's sample puts, per rank)"}
+COMBINED_SPEC = FomSpec(unit="harmonic mean of GPts/s, Msamples/s, GB/s", better="higher", combine="mean")
+
+
+def combined_rate(reports: list[ComponentReport]) -> dict[str, float] | None:
+    """The solver, training and transfer rates (units of :data:`COMBINED_TERMS`) and their harmonic mean.
+
+    None when a term was never measured (no solver throughput, no training, no transfer).
+    """
+    sims = [r for r in reports if r.component == "sim"]
+    trainers = [r for r in reports if r.component == "train"]
+    solver = sum(r.detail.get("producer_foms", {}).get("solver_GPtsps", 0.0) for r in sims)
+    training = sum(r.detail.get("train_samples_per_s") or 0.0 for r in trainers) / 1e6
+    rates = [g for g in (r.GBps("data") for r in sims) if g is not None]
+    transfer = sum(rates) / len(rates) if rates else 0.0
+    terms = {"solver": solver, "training": training, "transfer": transfer}
+    if min(terms.values()) <= 0:
+        return None
+    return {**terms, "combined": len(terms) / sum(1.0 / v for v in terms.values())}

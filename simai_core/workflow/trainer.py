@@ -52,6 +52,8 @@ class Trainer:
         self.source: SnapshotSource | None = None
         self.data_counters: dict[str, int] = {}
         self._idle_sleep = 1e-3
+        self.samples_trained = 0  # grid points (rows) through forward and backward
+        self.train_compute_s = 0.0
 
     def run(self) -> ComponentReport:
         """Train until the simulation says stop; always leaves the process group destroyed."""
@@ -78,7 +80,9 @@ class Trainer:
         return ComponentReport.from_accounting(
             self.acc, world_rank=self.role.world_rank, scope=self.role.scope, epochs=self.epoch,
             detail={"device": str(self.device), "dist_backend": self.backend, "final_loss": self.last_loss,
-                    "owned_sim_ranks": list(self.role.owned), "n_parameters": self._n_params, **self.data_counters})
+                    "owned_sim_ranks": list(self.role.owned), "n_parameters": self._n_params,
+                    "train_samples_per_s": self.samples_trained / self.train_compute_s if self.train_compute_s else None,
+                    **self.data_counters})
 
     def _beat(self, force: bool = False) -> None:
         if self.role.is_head and (force or self.heartbeat.due()):
@@ -105,7 +109,7 @@ class Trainer:
         self._wait_key(self.keys.size)
         size = self._get(self.keys.size, "meta")
         n_points, n_in, n_out, dim = (int(v) for v in size[:4])
-        self.n_points, self.n_in = n_points, n_in
+        self.n_points, self.n_in, self.n_out = n_points, n_in, n_out
         graphs = self._read_graphs() if self.cfg.model_kind == "gnn" else {}
         with self.acc.section("compute", record=False):
             torch.manual_seed(self.cfg.trainer.seed)
@@ -144,7 +148,7 @@ class Trainer:
         return min(step for step, _ in results), any(code != 0 for _, code in results)
 
     def _open_source(self) -> None:
-        shape = (self.n_points, 2 * self.n_in)
+        shape = (self.n_points, self.n_in + self.n_out)
         self.source = make_source(self.cfg, self.client, self.keys, self.role.owned, shape, self.acc)
         self.source.open()
         self._beat(force=True)
@@ -207,6 +211,7 @@ class Trainer:
                 compute_s += time.perf_counter() - c0
             if not done:
                 self._beat()
+        self.train_compute_s += compute_s
         loss = sums[0] / sums[1] if sums[1] else None  # no batch, no loss: null, never 0
         if loss is not None:
             self.last_loss = loss
@@ -223,6 +228,7 @@ class Trainer:
             self.opt.step()
             sums[0] += float(loss.detach())
             sums[1] += 1
+            self.samples_trained += int(x.shape[0])
             if self.role.is_head and self.heartbeat.due():
                 return False
         return True
