@@ -1,8 +1,8 @@
 """The workflow predictor: interpolation, extrapolation warnings, op mix from the workflow's own code, the CLI.
 
 The last test runs the real micro and mini benchmarks (``mpiexec -n 4``, redis and nodelocal,
-small problem) and checks the predicted simulation traffic per sync step against the measured
-one; select it with ``-m mini`` (about 4 minutes on 2 cores).
+medium problem, 16 sync steps) and checks the predicted simulation traffic per sync step against
+the measured one; select it with ``-m mini`` (about 4 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -244,9 +244,12 @@ def test_cli_check_needs_a_mini_run(micro_json, capsys):
 
 # --- against the real benchmarks -----------------------------------------------------------------------------------
 
-#: Measured on this machine (2 cores shared with other work; see the README's "Predicting a workflow"):
-#: the predicted simulation traffic per sync step was within this factor of the measured one.
-TRAFFIC_BOUND = 5.0
+#: Measured on this machine (2 cores shared with other work; see the README's "Predicting a workflow"): the
+#: predicted data traffic (the 2 MiB snapshot put of the medium problem, where bytes outweigh latency) was within this
+#: factor of the measured one, and the whole simulation traffic (its small control calls, each made after the step's
+#: idle time, pay a wake-up latency that the micro run's back-to-back calls do not) within ``TRAFFIC_BOUND``.
+DATA_BOUND = 3.0
+TRAFFIC_BOUND = 10.0
 
 
 def _mpiexec(np_: int, *args: str, timeout: float) -> None:
@@ -255,6 +258,10 @@ def _mpiexec(np_: int, *args: str, timeout: float) -> None:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONWARNINGS": ""})
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def _within(predicted: float, measured: float | None, bound: float) -> bool:
+    return measured is not None and measured > 0 and 1 / bound <= predicted / measured <= bound
 
 
 @pytest.mark.mini
@@ -268,24 +275,29 @@ def test_prediction_against_the_mini_run(tmp_path):
     pytest.importorskip("mpipartition")
     micro, mini = tmp_path / "micro.json", tmp_path / "mini.json"
     _mpiexec(4, "benchmarks/micro/test_putget.py", "benchmarks/micro/test_metadata.py", "benchmarks/micro/test_checkpoint.py",
-             "-m", "micro and (redis or nodelocal)", "--simai-sizes", "64B,1KiB,16KiB,64KiB", "--simai-rounds", "10",
+             "-m", "micro and (redis or nodelocal)", "--simai-sizes", "64B,1KiB,64KiB,1MiB,4MiB", "--simai-rounds", "10",
              "--benchmark-json", str(micro), timeout=240)
     _mpiexec(4, "benchmarks/mini", "-m", "mini and (redis or nodelocal)", "-k", "clustered and mlp",
-             "--simai-problem-size", "small", "--simai-step-time", "0.2", "--simai-train-interval", "2",
-             "--simai-max-steps", "41", "--simai-allow-unconverged", "--benchmark-json", str(mini), timeout=300)
+             "--simai-problem-size", "medium", "--simai-step-time", "0.2", "--simai-train-interval", "2",
+             "--simai-max-steps", "31", "--simai-allow-unconverged", "--benchmark-json", str(mini), timeout=300)
     micro_run, mini_run = load_run(str(micro)), load_run(str(mini))
     results = check_runs(mini_run, {b: cost_model([micro_run], b) for b in ("redis", "nodelocal")})
     assert sorted(r.bench.backend or "" for r in results) == ["nodelocal", "redis"]
+    failures = []
     for res in results:
-        measured, predicted = res.measured[("sim", "traffic")], res.prediction.traffic_s("sim")
-        assert measured and predicted > 0
-        ratio = predicted / measured
-        assert 1 / TRAFFIC_BOUND <= ratio <= TRAFFIC_BOUND, f"{res.bench.name}: predicted {predicted:.2e} s, " \
-                                                            f"measured {measured:.2e} s per sync step"
-        # The op mix is the workflow's: the checkpoint the simulation fetched has the predicted size.
+        pred = res.prediction
+        data, traffic = (pred.traffic_s("sim", "data"), res.measured[("sim", "data")]), \
+            (pred.traffic_s("sim"), res.measured[("sim", "traffic")])
+        line = (f"{res.bench.name}: simulation data / traffic per sync step predicted {data[0] * 1e3:.3f} / "
+                f"{traffic[0] * 1e3:.3f} ms, measured {(data[1] or 0) * 1e3:.3f} / {(traffic[1] or 0) * 1e3:.3f} ms")
+        print(line)
+        if not (_within(*data, DATA_BOUND) and _within(*traffic, TRAFFIC_BOUND)):
+            failures.append(line)
+        # The op mix is the workflow's: what the simulation sent and fetched has the predicted size.
         events = [json.loads(line) for line in mini_run.events_path(res.bench).read_text().splitlines()]  # type: ignore[union-attr]
         fetched = {e["nbytes"] for e in events if e["kind"] == "checkpoint" and e.get("what") == "fetch"}
-        assert fetched <= {res.prediction.shape.checkpoint_nbytes}
+        assert fetched <= {pred.shape.checkpoint_nbytes}
         sent = {e["nbytes"] for e in events if e["component"] == "sim" and e["kind"] == "data"}
-        assert sent == {res.prediction.shape.snapshot_nbytes}
-    assert np.isfinite([r.prediction.time_to_solution_s for r in results]).all()
+        assert sent == {pred.shape.snapshot_nbytes}
+        assert np.isfinite(pred.time_to_solution_s)
+    assert not failures, f"outside {DATA_BOUND}x (data) / {TRAFFIC_BOUND}x (traffic):\n" + "\n".join(failures)

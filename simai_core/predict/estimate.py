@@ -60,13 +60,14 @@ class Prediction:
         return sum(t.seconds_per_sync for t in self.terms
                    if t.op.component == component and (category is None or t.op.category == category))
 
-    def sync_wall_s(self, component: str) -> float:
-        """Wall time of one sync step: the simulation's emulated work plus its traffic (the trainer keeps pace)."""
+    @property
+    def sync_wall_s(self) -> float:
+        """Wall time per sync step of the run (the trainer runs as long as the simulation)."""
         return self.time_to_solution_s / self.sync_steps
 
     def overhead_pct(self, component: str) -> float:
         """Traffic share of the component's wall time (percent)."""
-        wall = self.sync_wall_s(component)
+        wall = self.sync_wall_s
         return 100.0 * self.traffic_s(component) / wall if wall > 0 else 0.0
 
     @property
@@ -125,7 +126,7 @@ def summary_table(pred: Prediction) -> Table:
         table.add_column(name, justify="left" if name == "component" else "right")
     for comp in COMPONENTS:
         table.add_row(comp, *(_ms(pred.traffic_s(comp, c)) for c in TRAFFIC), _ms(pred.traffic_s(comp)),
-                      f"{pred.sync_wall_s(comp):.3f}", f"{pred.overhead_pct(comp):.3f}",
+                      f"{pred.sync_wall_s:.3f}", f"{pred.overhead_pct(comp):.3f}",
                       f"{pred.time_to_solution_s:.1f}" if comp == "sim" else "")
     return table
 

@@ -199,8 +199,8 @@ def _points(bench: Bench) -> Iterable[tuple[str, int, Sample]]:
             yield f"{op}_tensor", world, Sample(nbytes, t)
     elif name == "test_checkpoint" and op in ("push", "pull") and isinstance(nbytes, int):
         t = _value(bench, f"{op}_latency_s")
-        if t:  # rank 0 pushes alone (the others idle); every rank pulls
-            yield ("put_bytes", 1, Sample(nbytes, t)) if op == "push" else ("get_bytes", world, Sample(nbytes, t))
+        if t:  # rank 0 pushes while the other ranks keep in step on the node; every rank pulls
+            yield ("put_bytes" if op == "push" else "get_bytes"), world, Sample(nbytes, t)
     elif name == "test_metadata" and op in ("put_scalar", "exists"):
         t = _value(bench, "latency_s")
         if t:  # put_scalar stores an 8-byte tensor: the put curve's smallest size
