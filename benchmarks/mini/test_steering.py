@@ -25,10 +25,10 @@ import pytest
 from simai_core import mpi
 from simai_core.bench.record import record
 from simai_core.sizes import parse_size
+from simai_core.steering.collective import run_collective
 from simai_core.steering.config import SteeringConfig
 from simai_core.steering.report import COMPARE_FOMS, STEERING_FOMS, local_foms, outcome
-from simai_core.steering.steerer import SteeringResult, run_steering
-from simai_core.steering.worker import SteerKeys, pool_loop
+from simai_core.steering.steerer import SteeringResult
 
 pytestmark = [pytest.mark.mini, pytest.mark.steering]
 pytest.importorskip("sklearn")
@@ -54,42 +54,6 @@ def skip_unsupported(backend: str, launcher: str) -> None:
     if (backend == "dragon") != (launcher == "dragon"):
         pytest.skip(f"launcher {launcher} does not run on backend {backend}: the dragon launcher runs on the dragon "
                     "backend's runtime, and that backend's simulations must be Dragon processes")
-
-
-def run_collective(cfg: SteeringConfig, backend: str, staging: Any, address: str, tmp_path: Any
-                   ) -> SteeringResult | None:
-    """Collective: rank 0 steers; pool ranks serve; the rest wait. Rank 0 gets the result."""
-    from mpi4py import MPI
-
-    world = mpi.world()
-    cfg = world.bcast(cfg, root=0)  # one run id
-    served = cfg.workers * cfg.ranks_per_sim
-    ranks = cfg.launcher == "pool" and mpi.size() - 1 >= served
-    result = None
-    if ranks:
-        rank = mpi.rank()
-        color = (rank - 1) // cfg.ranks_per_sim if 1 <= rank <= served else MPI.UNDEFINED
-        group = world.Split(color, rank)
-        try:
-            if rank == 0:
-                result = run_steering(cfg, staging, backend, address, tmp_path, pool_ranks=True)
-            elif group != MPI.COMM_NULL:
-                pool_loop(staging, SteerKeys(cfg.run_id), color, group, deadline=_deadline(cfg))
-        finally:
-            if group != MPI.COMM_NULL:
-                group.Free()
-    elif mpi.rank() == 0:
-        result = run_steering(cfg, staging, backend, address, tmp_path)
-    mpi.barrier(timeout_s=cfg.deadline_s + 120)
-    if ranks and mpi.rank() == 0:
-        staging.clean(SteerKeys(cfg.run_id).prefix)
-    return result
-
-
-def _deadline(cfg: SteeringConfig) -> float:
-    import time
-
-    return time.time() + cfg.deadline_s + 60
 
 
 def params_of(cfg: SteeringConfig, result: SteeringResult | None) -> dict[str, Any]:

@@ -24,6 +24,10 @@ from simai_core.steering.learner import initial_design, make_chooser
 from simai_core.steering.problem import InverseProblem
 from simai_core.steering.worker import SteerKeys, get_json, put_json
 
+# How often a running simulation's process is asked whether it ended (a crash is noticed this late at most);
+# results are noticed on every poll of their done key. SmartSim's get_status is slow: not on every poll.
+EXIT_CHECK_S = 0.25
+
 
 @dataclass
 class SimRecord:
@@ -100,6 +104,7 @@ class Steerer:
         self.failures: list[dict[str, Any]] = []
         self.buffer = np.empty((problem.n, problem.n))
         self.next_id = 0
+        self._checked: dict[int, float] = {}  # sim -> when its process was last asked whether it ended
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> SteeringResult:
@@ -205,6 +210,9 @@ class Steerer:
             t0 = time.perf_counter()
             done = get_json(self.client, self.keys.done(sim))
             if done is None:
+                if time.time() - self._checked.get(sim, 0.0) < EXIT_CHECK_S:
+                    continue
+                self._checked[sim] = time.time()
                 code = handle.exit_code()
                 if code is not None:  # it may have staged its result just before it ended
                     done = get_json(self.client, self.keys.done(sim))
