@@ -191,6 +191,9 @@ def test_unknown_schema_and_no_match_exit_2(tmp_path, base, micro, capsys):
         (["gate-check", "base.json"], "two or more runs"),
         (["frobnicate"], "invalid choice"),
         (["report", "base.json"], "-o/--output"),
+        (["predict"], "required: MICRO"),
+        (["predict", "base.json", "--contention", "lots"], "invalid choice"),
+        (["predict", "base.json"], "measured no put/get"),  # a sweep without the suite's per-op times
         ([], "required"),
     ],
 )
