@@ -2,16 +2,16 @@
 
 Per operation: ``cost = latency + bytes / bandwidth``.
 
-* A :class:`Curve` holds one operation's measured per-op times (``<op>_latency_s``: each
-  rank's median round, mean over ranks) at the sizes the micro benchmark swept, all with
+* A :class:`Curve` holds one operation's measured per-op times (``<op>_latency_s``: the
+  mean over every round on every rank) at the sizes the micro benchmark swept, all with
   one number of clients at once (the run's world size). Its latency is the intercept of
-  the line through the two smallest sizes; the bandwidth at every other measured size is
-  ``nbytes / (time - latency)``. Between measured sizes the bandwidth is interpolated in
-  log-size (log-log), so the curve passes through every measured point; outside the
-  measured range the bandwidth of the nearest measured size is kept (the model
-  extrapolates) and the cost carries a warning.
-* Contention (:class:`CostModel`): ``c`` workflow ranks doing the same operation at once
-  cost what one op cost while ``c`` micro ranks did it at once, interpolated linearly
+  the line through the smallest size and the next one at least 4x larger; the bandwidth
+  at every other measured size is ``nbytes / (time - latency)``. Between measured sizes
+  the bandwidth is interpolated in log-size (log-log), so the curve passes through every
+  measured point; outside the measured range the bandwidth of the nearest measured size
+  is kept (the model extrapolates) and the cost carries a warning.
+* Contention (:class:`CostModel`): a call made while ``c`` ranks run costs what one op
+  cost while ``c`` micro ranks ran it at once, interpolated linearly
   between the measured rank counts (one micro run per world size); outside them the
   nearest count's cost is kept, with a warning. The measured aggregates (``<op>_GBps``,
   all ranks' bytes over the round's common window) are not used: the window includes
@@ -62,7 +62,7 @@ class OpCost:
 
 
 def _intercept(a: Sample, b: Sample) -> float:
-    """Latency: where the line through the two smallest sizes meets zero bytes, kept within [0, a.seconds]."""
+    """Latency: where the line through two measured sizes meets zero bytes, kept within [0, a.seconds]."""
     if b.nbytes == a.nbytes:
         return a.seconds
     latency = (a.seconds * b.nbytes - b.seconds * a.nbytes) / (b.nbytes - a.nbytes)
@@ -85,9 +85,15 @@ class Curve:
 
     @property
     def latency_s(self) -> float:
-        """The fixed per-op cost (zero-byte intercept)."""
+        """The fixed per-op cost: the zero-byte intercept through the smallest size and the next one at least 4x larger.
+
+        (Two sizes closer than that, such as two checkpoint formats, leave the intercept to the noise.)
+        """
         s = self.samples
-        return s[0].seconds if len(s) == 1 else _intercept(s[0], s[1])
+        if len(s) == 1:
+            return s[0].seconds
+        wider = next((x for x in s[1:] if x.nbytes >= 4 * max(s[0].nbytes, 1)), s[-1])
+        return _intercept(s[0], wider)
 
     def _log_bandwidths(self) -> list[float]:
         """ln(bytes/s) of the transfer term at each measured size (the smallest takes its neighbour's)."""
