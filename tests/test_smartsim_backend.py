@@ -488,3 +488,52 @@ def test_missing_redis_server_gives_the_apt_hint(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "redis-server" else which(name, *a, **k))
     with pytest.raises(BackendUnavailableError, match="apt-get install redis-server"):
         backend.check_available()
+
+
+# ---------------------------------------------------------------- shared machine (issue 14, point 4)
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp writes them) with a socket listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_db_listens_on_loopback_only_in_protected_mode(server, raw):
+    detail = server.detail()
+    assert detail["auth"] is False and "SmartRedis 0.6.1 cannot send" in detail["auth_note"]
+    assert detail["bind"] == "127.0.0.1" and detail["protected_mode"] is True
+    assert raw.config_get("protected-mode") == {"protected-mode": "yes"}  # SmartSim's redis.conf says no
+    assert listening_addresses(server.port) == {"0100007F"}  # 127.0.0.1, nothing else
+
+
+def test_smartredis_has_no_way_to_send_a_password(tmp_path, monkeypatch):
+    """Why ``auth`` is false: against a server that needs a password, SmartRedis 0.6.1 is refused, with the
+    password in the address too. When a SmartRedis release can send one, this fails: turn auth on then."""
+    from smartredis import Client
+    from smartredis.error import RedisReplyError
+
+    if (reason := registry.unavailable_reason("redis")) is not None:
+        pytest.skip(reason)
+    monkeypatch.setenv("SR_CONN_TIMEOUT", "1")
+    with registry.make_server("redis", load_profile("local"), tmp_path) as srv:
+        host_port = f"{srv.host}:{srv.port}"
+        for address in (host_port, f":{srv.password}@{host_port}", f"tcp://:{srv.password}@{host_port}"):
+            with pytest.raises((RedisReplyError, RuntimeError)) as refused:
+                Client(address=address, cluster=False).put_tensor("x", np.arange(3))
+            message = str(refused.value)  # refused by the server, or the address refused before any connection
+            assert "NOAUTH Authentication required" in message or "invalid because of character @" in message, message
+
+
+def test_a_db_off_loopback_warns_that_it_has_no_password(tmp_path):
+    from simai_core.private import SharedMachineWarning
+
+    srv = backend.SmartSimServer(tmp_path, interface="hsn0")  # as the Polaris and Aurora profiles ask
+    srv._address = "10.1.2.3:6780"
+    with pytest.warns(SharedMachineWarning, match=r"10\.1\.2\.3:6780 .*no password.*anyone who can reach"):
+        srv._guard_access()
+    assert srv.detail()["auth"] is False and srv.detail()["protected_mode"] is False

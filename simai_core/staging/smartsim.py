@@ -35,6 +35,7 @@ import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.net import free_port
+from simai_core.private import SharedMachineWarning
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 from simai_core.staging.redis import CHUNK_BYTES, glob_escape
@@ -45,6 +46,9 @@ SSTENSOR_SO = SSTENSOR_DIR / "build" / "sstensor.so"
 INSTALL_HINT = "install it with `pip install -e '.[smartsim]'` (smartsim==0.8.0, smartredis==0.6.1) or `make setup`"
 _NATIVE = {np.dtype(d) for d in ("float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16")}
 _START_TIMEOUT_S = 60.0
+SR_RETRY_S = 20  # SmartRedis's retry window on I/O errors (SR_CMD_TIMEOUT, SR_CONN_TIMEOUT), seconds
+AUTH_NOTE = ("no password: SmartRedis 0.6.1 cannot send one (its connection options carry host and port only), "
+             "so a DB that required one would refuse the client; any local user can reach a loopback DB")
 
 
 # ---------------------------------------------------------------- availability and environment
@@ -133,9 +137,15 @@ def prepare_environment() -> tuple[Path, str]:
 
 
 def quiet_smartredis() -> None:
-    """SmartRedis logs every error it raises (a missing key, say) to stdout unless told otherwise."""
-    os.environ.setdefault("SR_LOG_LEVEL", "QUIET")
-    os.environ.setdefault("SR_LOG_FILE", os.devnull)
+    """Quiet SmartRedis, and give its retries a deadline that a run notices.
+
+    SmartRedis logs every error it raises (a missing key, say) to stdout unless told otherwise,
+    and retries a command or a connection that fails on I/O for 100 s by default: a killed DB
+    would leave every rank retrying that long before any error. Each is kept when already set.
+    """
+    for name, value in (("SR_LOG_LEVEL", "QUIET"), ("SR_LOG_FILE", os.devnull),
+                        ("SR_CMD_TIMEOUT", str(SR_RETRY_S)), ("SR_CONN_TIMEOUT", str(SR_RETRY_S))):
+        os.environ.setdefault(name, value)
 
 
 # ---------------------------------------------------------------- registry entry points
@@ -211,6 +221,7 @@ class SmartSimServer(StagingServer):
         self.workdir, self.launcher, self.interface = Path(workdir), launcher, interface
         self.memory_bytes, self.deployment, self.db_nodes = memory_bytes, deployment, db_nodes
         self.port, self._address = 0, ""
+        self.protected_mode = False
         self._exp: Any = None
         self._entity: Any = None
         self._module: tuple[Path, str] | None = None
@@ -242,6 +253,19 @@ class SmartSimServer(StagingServer):
             self._start_orchestrator()
         else:
             self._start_colocated(host)
+        self._guard_access()
+
+    def _guard_access(self) -> None:
+        """No password is possible (:data:`AUTH_NOTE`): on loopback turn protected mode on, elsewhere warn."""
+        if self.interface == "lo":
+            # SmartSim's redis.conf turns it off. On, it refuses anything but loopback and Unix socket clients
+            # even if the bind address changes.
+            self.protected_mode = bool(_redis_call(self._address, "config_set", name="protected-mode", value="yes"))
+            return
+        warnings.warn(SharedMachineWarning(
+            f"The SmartSim DB at {self._address} (interface {self.interface}, from the machine profile) has {AUTH_NOTE}: "
+            "anyone who can reach that address can read and overwrite staged data. Use the profile's loopback "
+            "interface (lo) on a one-node run, or the redis backend, which has a password"), stacklevel=3)
 
     def _start_orchestrator(self) -> None:
         from smartsim.database import Orchestrator
@@ -307,6 +331,8 @@ class SmartSimServer(StagingServer):
                 "launcher": self.launcher, "interface": self.interface,
                 "deployment": self.deployment, "db_nodes": self.db_nodes, "maxmemory_bytes": self.memory_bytes,
                 "telemetry": os.environ.get("SMARTSIM_FLAG_TELEMETRY") == "1",
+                "auth": False, "auth_note": AUTH_NOTE, "bind": self._address.rsplit(":", 1)[0],
+                "protected_mode": self.protected_mode,
                 "client": "smartredis.Client(cluster=False); clean() via redis-py SCAN"}
 
 
