@@ -20,7 +20,7 @@ from rich.console import Console
 
 from simai_core.cli import main
 from simai_core.predict import estimate, workflow
-from simai_core.predict.check import check_runs
+from simai_core.predict.check import check_runs, render_check
 from simai_core.predict.model import CostModel, Curve, Sample, cost_model
 from simai_core.report import samples
 from simai_core.report.loading import load_run, parse_run
@@ -195,6 +195,42 @@ def test_prediction_adds_the_terms_up():
     estimate.render(pred, console)
     text = console.export_text()
     assert "snapshot put" in text and "time to solution" in text
+
+
+def _mini_doc() -> dict:
+    """A motif-6 mini benchmark in the suite's schema: 2 simulation and 2 trainer ranks, 50 steps, 20 epochs."""
+    def per_rank(values: list[float], unit: str = "%") -> dict:
+        return {**samples.fom(sum(values) / len(values), unit, "lower"), "samples": values, "samples_layout": "ranks"}
+
+    foms = {"time_to_solution_s": per_rank([100.0, 100.0], "s"), "trainer_time_s": per_rank([100.0, 100.0], "s"),
+            "steps": samples.fom(50, "count", "lower"), "epochs": samples.fom(20, "count", "higher"),
+            "sim_overhead_pct": per_rank([1.6, 2.6]), "train_overhead_pct": per_rank([0.5, 0.5])}
+    for comp, cats in (("sim", {"meta": [0.5, 0.0], "data": [1.0, 2.0], "checkpoint": [0.1, 0.6]}),
+                       ("train", {"meta": [0.2, 0.2], "data": [0.2, 0.2], "checkpoint": [0.1, 0.1]})):
+        foms |= {f"{comp}_{cat}_pct": per_rank(v) for cat, v in cats.items()}
+    params = {"problem_size": "small", "problem_inputs": "well_posed", "model": "mlp", "train_interval": 5,
+              "step_time_s": 0.5, "sim_fraction": 0.5, "checkpoint_every": 10, "mini_batch": 64, "epoch_batches": 64,
+              "sim_ranks": 2, "trainer_ranks": 2}
+    simai = {"level": "mini", "motif": "motif6", "backend": "redis", "deployment": "clustered", "world_size": 4,
+             "params": params}
+    return samples.run_doc([samples.bench("test_online_training", "redis-clustered-mlp", simai, foms, 100.0, rounds=1)])
+
+
+def test_check_measures_traffic_per_sync_step_from_shares_and_walls():
+    model = cost_model([parse_run(_micro_doc(4, 1.0), "micro")], "redis")
+    model.add(Curve("put_bytes", 4, (Sample(30000, LAT + 30000 / BW), Sample(170000, LAT + 170000 / BW))))
+    [res] = check_runs(parse_run(_mini_doc(), "mini"), {"redis": model})
+    # 50 steps, a sync point every 5: 10 sync steps; per rank share x 100 s wall, mean over the 2 ranks.
+    assert res.prediction.sync_steps == 10 and res.prediction.steps == 50
+    assert res.measured[("sim", "data")] == pytest.approx((1.0 + 2.0) / 2 / 100 * 100 / 10)
+    assert res.measured[("sim", "traffic")] == pytest.approx((1.6 + 2.6) / 2 / 100 * 100 / 10)
+    # No events sidecar: checkpoints reaching the simulation are bounded by the epochs (20 // 10 = 2 of 10 syncs).
+    assert res.prediction.shape.fetches_per_sync == pytest.approx(0.2)
+    assert res.prediction.shape.epochs_per_sync == pytest.approx(2.0)
+    assert res.error("sim") == pytest.approx((res.prediction.traffic_s("sim") - 0.21) / 0.21)
+    console = Console(record=True, width=200, color_system=None)
+    render_check([res], console)
+    assert "traffic ms/sync" in console.export_text()
 
 
 # --- the command line ------------------------------------------------------------------------------------------------
