@@ -89,3 +89,37 @@ def test_a_failing_rank_aborts_the_job():
             time.sleep(0.1)
         if not in_use(leftover):
             leftover.unlink(missing_ok=True)
+
+
+@pytest.mark.dragon
+@pytest.mark.timeout(900)
+def test_the_workflow_runs_on_mpi_ranks_that_a_dragon_runtime_starts(tmp_path):
+    """4 ranks of an mpiexec the runtime started split into simulation and trainer and stage through one DDict."""
+    from simai_core.profiles import load_profile
+    from simai_core.staging import registry
+    from simai_core.staging.dragon_mpi import run_workflow
+    from simai_core.workflow.config import WorkflowConfig
+    from simai_core.workflow.protocol import Keys
+
+    reason = registry.unavailable_reason("dragon")
+    if reason is not None:
+        pytest.skip(reason)
+    pytest.importorskip("torch")
+    pytest.importorskip("mpipartition")
+    cfg = WorkflowConfig.model_validate({"problem": {"size": "debug"}, "heartbeat_interval_s": 0.2,
+                                         "simulation": {"step_time_s": 0.05, "max_steps": 40}})
+    server = registry.make_server("dragon", load_profile("local"), tmp_path)
+    server.start()
+    try:
+        result = run_workflow(cfg, server.address, 4, tmp_path, timeout_s=600)
+        client = registry.connect("dragon", server.address)
+        leftovers = client.clean(Keys(cfg.run_id).prefix)
+        client.close()
+    finally:
+        server.stop()
+    result.raise_for_errors()
+    assert result.mode == "mpi" and len(result.reports) == 4
+    assert sorted((r.component, r.rank) for r in result.reports) == [("sim", 0), ("sim", 1), ("train", 0), ("train", 1)]
+    assert result.outcome.steps > 0 and leftovers == 0, "the simulation head cleans the run's keys"
+    sent = {e["rank"] for e in result.events() if e["component"] == "sim" and e["kind"] == "data"}
+    assert sent == {0, 1}, "both simulation ranks staged snapshots in the DDict"

@@ -63,6 +63,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--simai-redis-shards", type=int, default=None, metavar="N",
                     help="redis backend: a Redis Cluster of N shards instead of one server (default: the profile's "
                          "staging.shards, 1)")
+    group.addoption("--simai-dragon-ranks", type=int, default=None, metavar="N",
+                    help="dragon backend, mini benchmarks: run each workflow on N MPI ranks that the Dragon runtime "
+                         "starts (an mpiexec launched as a Dragon process; default: serially)")
     group.addoption("--simai-virtual-nodes", type=int, default=None, metavar="N",
                     help="split each node's ranks into N virtual nodes of equal size: node-local servers, "
                          "directories, head ranks and colocated placement follow them (default: the profile's, 1)")
@@ -244,8 +247,10 @@ def simai_run(request: pytest.FixtureRequest, simai_profile: MachineProfile, sta
     nodes = request.config.stash[_NODES]
 
     def build(backend: str, params: dict[str, Any], deployment: str | None = None, **extra: Any) -> RunInfo:
+        # world_size may be given: ranks a Dragon runtime started for a serial pytest are not its world
+        extra.setdefault("world_size", mpi.size())
         return RunInfo(level=level, motif=motif, backend=backend, backend_detail=staging_pool.detail(backend),
-                       deployment=deployment, world_size=mpi.size(), machine=simai_profile.name, params=params,
+                       deployment=deployment, machine=simai_profile.name, params=params,
                        nodes=nodes.count, virtual_nodes=nodes.virtual, **extra)
 
     return build

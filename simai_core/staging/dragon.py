@@ -8,7 +8,10 @@ them with protocol 5, which keeps dtype and shape beside the data and writes the
 manager's pool without an intermediate copy. Blobs are stored as ``bytes``.
 
 Under ``mpiexec`` the ranks are not Dragon processes, so the backend reports itself unavailable
-there (the same answer on every rank, so every rank skips).
+there (the same answer on every rank, so every rank skips). The exception is an ``mpiexec`` that
+the runtime itself started (:mod:`.dragon_mpi`, marked by ``SIMAI_DRAGON_MPI=1``): its ranks
+inherit the runtime's environment, attach one at a time (:func:`share_attachment`) and then
+use the DDict together.
 """
 
 from __future__ import annotations
@@ -71,10 +74,26 @@ def check_available(name: str) -> None:
         raise BackendUnavailableError("Backend 'dragon' needs dragonhpc: install it with pip install -e '.[dragon]' "
                                       "(or pip install dragonhpc==0.15.0)") from None
 
-    if mpi.size() > 1:
+    if mpi.size() > 1 and os.environ.get(MPI_MARK) != "1":
         raise BackendUnavailableError(
             "Backend 'dragon' does not run under mpiexec (its ranks are not Dragon processes): "
             "run Dragon benchmarks serially or under the dragon launcher")
+
+
+MPI_MARK = "SIMAI_DRAGON_MPI"  # set to 1 in the environment of an mpiexec that a Dragon runtime started
+# DDict handles attached once per process and shared by its clients (ranks that share one Dragon identity
+# must attach one at a time; see dragon_mpi).
+_SHARED: dict[str, Any] = {}
+
+
+def share_attachment(address: str, ddict: Any) -> None:
+    """Let every later client of ``address`` in this process use ``ddict`` (attached already) instead of attaching."""
+    _SHARED[address] = ddict
+
+
+def drop_attachment(address: str) -> Any:
+    """Stop sharing the handle of ``address``; returns it (the caller detaches it), or None."""
+    return _SHARED.pop(address, None)
 
 
 def make_server(name: str, profile: MachineProfile, workdir: Path) -> DragonServer:
@@ -393,7 +412,8 @@ class DragonClient(StagingClient):
         from dragon.data.ddict import DDict
 
         self._address, self._timeout_s = address, timeout_s
-        self._ddict: Any = DDict.attach(address, timeout=timeout_s)
+        self._shared = address in _SHARED  # the process's handle: used, never detached here
+        self._ddict: Any = _SHARED[address] if self._shared else DDict.attach(address, timeout=timeout_s)
         stats = self._ddict.stats
         self._capacity = int(min(s.total_bytes for s in stats) * _FULL_THRESHOLD)  # a value lives on one manager
 
@@ -417,6 +437,7 @@ class DragonClient(StagingClient):
         with contextlib.suppress(Exception):
             self._ddict.detach()
         self._ddict = DDict.attach(self._address, timeout=self._timeout_s)
+        self._shared = False  # this client's own handle from now on: close() detaches it
 
     def put_tensor(self, key: str, array: ArrayLike) -> None:
         arr = as_numpy(array)
@@ -466,7 +487,7 @@ class DragonClient(StagingClient):
 
     def close(self) -> None:
         ddict, self._ddict = self._ddict, None
-        if ddict is not None:
+        if ddict is not None and not self._shared:
             ddict.detach()
 
     @property
