@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import signal
 import sys
 import time
 import traceback
@@ -25,7 +28,62 @@ def world() -> Any:
         warnings.simplefilter("ignore", RuntimeWarning)
         from mpi4py import MPI
 
+    release_shm_names(MPI.COMM_WORLD)
+    if MPI.COMM_WORLD.Get_size() > 1:
+        _abort_job_after_ctrl_c()
     return MPI.COMM_WORLD
+
+
+_INTERRUPTED: list[int] = []
+
+
+def _abort_job_after_ctrl_c() -> None:
+    """After Ctrl-C, the first rank to reach its exit (its clean-up done) aborts the job.
+
+    ``mpiexec`` passes SIGINT to every rank, but a rank blocked inside an MPI call never sees it,
+    and the ranks that do would then wait for it forever in ``MPI_Finalize``.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return  # someone else handles Ctrl-C here
+
+    def interrupted(signum: int, frame: Any) -> None:
+        _INTERRUPTED.append(signum)
+        raise KeyboardInterrupt
+
+    def abort_if_interrupted() -> None:
+        if _INTERRUPTED:
+            sys.stderr.write(f"[rank {rank()}/{size()}] interrupted (Ctrl-C): aborting all ranks\n")
+            sys.stderr.flush()
+            world().Abort(130)
+
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGINT, interrupted)
+        atexit.register(abort_if_interrupted)  # runs before mpi4py finalizes MPI
+
+
+def release_shm_names(comm: Any) -> None:
+    """Unlink the names of the MPICH shared-memory segments this process maps, once every rank has mapped them.
+
+    MPICH removes them only in ``MPI_Finalize``: a job that is killed, aborted or ended by a
+    timeout (``os._exit``) would leave them in ``/dev/shm`` for good. Unlinked, a segment lives on
+    while it is mapped, and the kernel frees it when the last rank exits, however it exits.
+    Collective over ``comm`` (the world, at start-up).
+    """
+    if comm.Get_size() > 1:
+        comm.Barrier()  # every rank is past MPI_Init: each node's ranks have all mapped their node's segment
+    for path in mapped_shm_segments():
+        with contextlib.suppress(FileNotFoundError):  # a sibling rank on this node was first
+            os.unlink(path)
+
+
+def mapped_shm_segments() -> list[str]:
+    """Paths of MPICH's ``/dev/shm/mpich_shm_*`` segments that this process maps (as named when mapped)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({line.split(maxsplit=5)[5].strip().removesuffix(" (deleted)")
+                           for line in maps if " /dev/shm/mpich_shm_" in line})
+    except OSError:  # not Linux: nothing to release
+        return []
 
 
 def rank() -> int:

@@ -41,7 +41,9 @@ def agree(comm: Any, acc: Accounting, probe: Callable[[], T] | None, category: s
     for rank, (ok, value) in enumerate(results):
         if not ok:
             name, message = value
-            raise _ERRORS.get(name, WorkflowError)(
+            error = _ERRORS.get(name, WorkflowError)(
                 message if name in _ERRORS else f"{name} on {acc.component} rank {rank}: {message}"
             )
+            error.agreed = True
+            raise error
     return [value for _, value in results]

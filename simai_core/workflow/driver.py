@@ -137,8 +137,8 @@ def run_mpi(cfg: WorkflowConfig, backend: str, address: str, world: Any, profile
     try:
         report = run_component(cfg, role, client, start, profile_backend)
         reports = world.allgather(report.model_dump())
-        if role.is_head and role.component == "sim":
-            client.clean(Keys(cfg.run_id).prefix)  # everyone is done with the keys now
+        if role.is_head and role.component == "sim":  # everyone is done with the keys now
+            clean_keys(client, cfg.run_id, failed=any(r["error"] for r in reports))
     finally:
         client.close()
         role.comm.Free()
@@ -158,11 +158,24 @@ def run_serial(cfg: WorkflowConfig, backend: str, address: str, workdir: Path,
     try:
         sim = run_component(cfg, serial_role("sim", MPI.COMM_SELF), client, start)
         train = trainer.wait(cfg.finish_timeout_s + (cfg.peer_timeout_s if sim.error else 0.0))
-        client.clean(Keys(cfg.run_id).prefix)
+        clean_keys(client, cfg.run_id, failed=bool(sim.error or train.error))
     finally:
         trainer.kill()
         client.close()
     return WorkflowResult(mode="serial", world_size=1, reports=[sim, train])
+
+
+def clean_keys(client: Any, run_id: str, failed: bool) -> None:
+    """Remove the run's staging keys (collective-free: one rank or the serial driver).
+
+    After a failed run the staging area may be what failed (a dead server, a removed directory):
+    then a failing clean-up is ignored, so that it never hides the components' own errors.
+    """
+    try:
+        client.clean(Keys(run_id).prefix)
+    except Exception:
+        if not failed:
+            raise
 
 
 def run_workflow(cfg: WorkflowConfig, backend: str, address: str, workdir: Path, world: Any = None,

@@ -44,6 +44,13 @@ def run_component(cfg: WorkflowConfig, role: Role, client: StagingClient, start_
     except Exception as exc:
         message = f"{type(exc).__name__} on {role.component} rank {role.rank}: {exc}"
         publish_error(client, Keys(cfg.run_id), role.component, message)
+        if role.comm.Get_size() > 1 and not getattr(exc, "agreed", False):
+            # This rank failed alone (a dead server, say, met outside a collective decision): its siblings may
+            # wait for it in a collective of the component, where no message reaches them. End the job instead.
+            from simai_core import mpi
+
+            mpi.abort(f"{message}\nThe other {role.component} ranks may be waiting for this one in a collective: "
+                      "aborting all ranks", exc)
         detail = {"traceback": "".join(traceback.format_exception(exc))}
         return ComponentReport(component=role.component, rank=role.rank, world_rank=role.world_rank,
                                scope=role.scope, error=message, detail=detail)

@@ -39,7 +39,13 @@ STOP_REASONS = {v: k for k, v in STOP_CODES.items()}
 
 
 class WorkflowError(SimaiError):
-    """A workflow component failed."""
+    """A workflow component failed.
+
+    ``agreed`` is true when every rank of the component raised it together
+    (:func:`~simai_core.workflow.collective.agree`), so that none is left waiting for another.
+    """
+
+    agreed = False
 
 
 class PeerFailedError(WorkflowError):
