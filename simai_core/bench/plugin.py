@@ -92,6 +92,10 @@ def pytest_configure(config: pytest.Config) -> None:
     shards = config.getoption("--simai-redis-shards")
     if shards is not None and not 1 <= shards <= 64:
         raise pytest.UsageError(f"--simai-redis-shards {shards}: between 1 and 64")
+    dragon_ranks = config.getoption("--simai-dragon-ranks")
+    if dragon_ranks is not None and (dragon_ranks < 2 or mpi.size() > 1):
+        raise pytest.UsageError(f"--simai-dragon-ranks {dragon_ranks}: at least 2 ranks (a simulation and a trainer), "
+                                "given to a serial pytest (the Dragon runtime starts the ranks itself)")
     if mpi.size() > 1:
         _configure_mpi(config)
 
