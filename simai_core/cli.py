@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from simai_core import jobscript
 from simai_core.errors import SimaiError
 
 if TYPE_CHECKING:
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("run", metavar="RUN", help="JSON file or storage run id")
     summ.add_argument("--report", type=Path, default=None, metavar="DIR", help="also write the report and plots there")
     summ.add_argument("--storage", type=Path, default=None, metavar="DIR", help=STORAGE_HELP)
+
+    jobscript.add_parser(sub)
 
     pred = sub.add_parser("predict", help="predict a motif-6 workflow's staging traffic from a micro run (--check: "
                                           "against a mini run)")
@@ -285,7 +288,7 @@ def _console() -> Console:
 
 
 COMMANDS = {"compare": cmd_compare, "gate-check": cmd_gate_check, "report": cmd_report, "show": cmd_show,
-            "summary": cmd_summary, "predict": cmd_predict}
+            "summary": cmd_summary, "predict": cmd_predict, "jobscript": jobscript.run}
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:

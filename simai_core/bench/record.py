@@ -29,6 +29,7 @@ def record(
     ratios: Mapping[str, tuple[str, str]] | None = None,
     aggregates: Mapping[str, tuple[Sequence[Window], float]] | None = None,
     measured: Mapping[str, Fom] | None = None,
+    ranks: Sequence[Mapping[str, Local]] | None = None,
 ) -> dict[str, Fom]:
     """Gather this rank's FOM values from every rank, reduce them, and store them in ``benchmark.extra_info``.
 
@@ -40,9 +41,14 @@ def record(
       round's common window (:func:`window_fom`), never a sum of per-rank figures.
     * ``measured``: FOMs already reduced (e.g. :func:`aggregate_fom` over non-MPI workers), the same on every rank.
     * ``ratios``: derived FOM -> (numerator, denominator), e.g. ``{"put_vs_raw": ("put_GBps", "raw_put_GBps")}``.
+    * ``ranks``: every rank's ``local``, when they were gathered elsewhere (ranks that are not this
+      pytest's world, e.g. an ``mpiexec`` a Dragon runtime started); then ``local`` is ignored.
     """
-    samples = {name: [float(v)] if isinstance(v, int | float) else [float(x) for x in v] for name, v in local.items()}
-    per_rank_samples = mpi.gather_to_all(samples)
+
+    def as_samples(values: Mapping[str, Local]) -> dict[str, list[float]]:
+        return {name: [float(v)] if isinstance(v, int | float) else [float(x) for x in v] for name, v in values.items()}
+
+    per_rank_samples = [as_samples(r) for r in ranks] if ranks is not None else mpi.gather_to_all(as_samples(local))
     per_rank = [{name: statistics.median(vals) for name, vals in rank.items() if vals} for rank in per_rank_samples]
     foms = reduce_foms(per_rank, {n: s for n, s in specs.items() if s.combine != "window"})
     for name, fom in foms.items():  # rounds x ranks, for a statistical comparison
