@@ -6,6 +6,11 @@
   (with the client's backoff), so a round ends when the neighbour's value has been seen.
 
 ``ops_per_s`` is measured: all ranks' operations over each round's common window, median over rounds.
+
+``test_metadata_cold`` times one call per round after the rank has slept ``--simai-idle`` seconds
+(after the round's barrier), as a workflow's component makes its first call after a step's work:
+``cold_latency_s`` (``put_scalar``, ``get_scalar``: an 8-byte tensor, ``exists``), where the back-to-back
+rounds above find the client and the server awake.
 """
 
 from __future__ import annotations
@@ -43,3 +48,22 @@ def test_metadata(benchmark, backend, staging, simai_run, op, pytestconfig):
     local = {"latency_s": timing.seconds()}
     record(benchmark, simai_run(backend, {"op": op, "rounds": rounds}), local,
            {"latency_s": LATENCY, "ops_per_s": AGGREGATE_OPS}, aggregates={"ops_per_s": (timing.windows(), 1.0)})
+
+
+@pytest.mark.parametrize("op", ["put_scalar", "get_scalar", "exists"])
+def test_metadata_cold(benchmark, backend, staging, simai_run, op, idle_s, cold_rounds, after_idle):
+    rounds = cold_rounds
+    rank = mpi.rank()
+    key, value, out = f"micro.cold.{rank}", np.array([rank], dtype=np.int64), np.empty(1, dtype=np.int64)
+    staging.put_tensor(key, value)
+    ops = {"put_scalar": lambda: staging.put_tensor(key, value), "get_scalar": lambda: staging.get_tensor(key, out=out),
+           "exists": lambda: staging.exists(key)}
+    timing = PairedRounds(ops[op])
+    benchmark.pedantic(timing.target, setup=after_idle(timing), rounds=rounds, warmup_rounds=1)
+    sync_ranks()
+
+    got = staging.get_tensor(key)
+    assert got is not None and got.tolist() == [rank]
+    staging.delete(key)
+    record(benchmark, simai_run(backend, {"op": op, "rounds": rounds, "idle_s": idle_s}),
+           {"cold_latency_s": timing.seconds()}, {"cold_latency_s": LATENCY})
