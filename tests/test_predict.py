@@ -87,9 +87,36 @@ def test_contention_interpolates_between_measured_rank_counts_and_warns_outside(
         model.cost("exists", 0, 1)
 
 
-def _micro_doc(world: int, scale: float) -> dict:
-    """A micro run in the suite's schema: put/get sweep, metadata and checkpoint pull, per-op times ``scale`` x linear."""
+COLD_LAT, FRESH_BW = 20 * LAT, BW / 3  # the synthetic backend's cold calls and puts to new keys
+
+
+def _variant_benches(world: int) -> list[dict]:
+    """The cold-call and fresh-key micro benchmarks of the synthetic backend, as the suite writes them."""
     benches = []
+    for op in ("put_scalar", "get_scalar", "exists"):
+        simai = {"level": "micro", "backend": "redis", "world_size": world, "params": {"op": op, "idle_s": 0.5}}
+        t = COLD_LAT + (8 / BW if op != "exists" else 0.0)
+        benches.append(samples.bench("test_metadata_cold", f"redis-{op}", simai,
+                                     {"cold_latency_s": samples.fom(t, "s", "lower")}, t))
+    for op in ("put", "get"):
+        for n in (4096, 65536, 4 * 2**20):
+            t = COLD_LAT + n / BW
+            simai = {"level": "micro", "backend": "redis", "world_size": world,
+                     "params": {"op": op, "nbytes": n, "idle_s": 0.5}}
+            benches.append(samples.bench("test_tensor_cold", f"redis-{op}-{n}", simai,
+                                         {"cold_latency_s": samples.fom(t, "s", "lower")}, t))
+    for n in (1024, 65536, 4 * 2**20):
+        t = LAT + n / FRESH_BW
+        simai = {"level": "micro", "backend": "redis", "world_size": world, "params": {"op": "fresh_key_put", "nbytes": n}}
+        benches.append(samples.bench("test_tensor_fresh_key", f"redis-{n}", simai,
+                                     {"fresh_key_put_latency_s": samples.fom(t, "s", "lower")}, t))
+    return benches
+
+
+def _micro_doc(world: int, scale: float, variants: bool = False) -> dict:
+    """A micro run in the suite's schema: put/get sweep, metadata and checkpoint pull, per-op times ``scale`` x linear
+    (``variants``: with the cold-call and fresh-key benchmarks)."""
+    benches = _variant_benches(world) if variants else []
     for op in ("put", "get"):
         for n in (1024, 65536, 4 * 2**20):
             t = scale * (LAT + n / BW)
@@ -118,6 +145,44 @@ def test_cost_model_reads_the_per_op_times_of_a_micro_run_mean_over_samples():
     assert model.cost("put_tensor", 65536, 4).seconds == pytest.approx(2 * (LAT + 65536 / BW), rel=1e-9)
     assert model.cost("exists", 0, 4).seconds == pytest.approx(2 * LAT)
     assert any("get_bytes" in line for line in model.describe())
+
+
+def test_cold_and_fresh_key_curves_price_first_calls_and_snapshot_puts():
+    model = cost_model([parse_run(_micro_doc(4, 1.0, variants=True), "micro")], "redis")
+    assert {"cold:put_tensor", "cold:get_tensor", "cold:exists", "fresh_key:put_tensor"} <= set(model.curves)
+    assert model.curves["cold:put_tensor"][4].latency_s == pytest.approx(COLD_LAT, rel=1e-6)
+    model.add(Curve("put_bytes", 4, (Sample(30000, LAT + 30000 / BW), Sample(170000, LAT + 170000 / BW))))
+    shape = workflow.shape(workflow.workflow_config("small", "mlp"), 4, fetches_per_sync=0.5, checkpoint_bytes=40000)
+    pred = estimate.predict(model, shape, sync_steps=10)
+    terms = {t.op.what: t for t in pred.terms}
+    n = shape.snapshot_nbytes
+    first, later = terms["snapshot put, first call"], terms["snapshot put"]
+    assert first.cost.latency_s == pytest.approx(COLD_LAT) and first.cost.transfer_s == pytest.approx(n / FRESH_BW)
+    assert (first.latency_from, first.bytes_from) == ("cold", "fresh-key")
+    assert later.cost.seconds == pytest.approx(LAT + n / FRESH_BW) and later.latency_from == "fresh-key"
+    fetch = terms["checkpoint fetch, first call"]  # a byte string: the cold tensor get's latency, its own bytes
+    assert fetch.cost.latency_s == pytest.approx(COLD_LAT) and fetch.latency_from == "cold get_tensor"
+    assert fetch.cost.transfer_s == pytest.approx(40000 / BW) and fetch.bytes_from == "back-to-back"
+    assert terms["trainer error key (a get that finds nothing)"].cost.seconds == pytest.approx(COLD_LAT)
+    assert terms["trainer status read"].cost.seconds == pytest.approx(LAT + 32 / BW)  # follows: back to back
+    assert terms["snapshot get"].cost.seconds == pytest.approx(LAT + n / BW)  # the trainer is busy, not asleep
+    assert not any("no cold-call" in w or "no fresh-key" in w for w in pred.warnings)
+    console = Console(record=True, width=240, color_system=None)
+    estimate.render(pred, console)
+    text = console.export_text()
+    assert "latency from" in text and "cold get_tensor" in text and "fresh-key" in text
+
+
+def test_without_the_variants_the_prediction_falls_back_to_back_to_back_and_warns():
+    model = cost_model([parse_run(_micro_doc(4, 1.0), "micro")], "redis")
+    model.add(Curve("put_bytes", 4, (Sample(30000, LAT + 30000 / BW), Sample(170000, LAT + 170000 / BW))))
+    shape = workflow.shape(workflow.workflow_config("small", "mlp"), 4, checkpoint_bytes=40000)
+    pred = estimate.predict(model, shape, sync_steps=10)
+    terms = {t.op.what: t for t in pred.terms}
+    assert terms["trainer error key (a get that finds nothing)"].cost.seconds == pytest.approx(LAT)
+    assert terms["snapshot put"].bytes_from == "back-to-back"
+    assert any("no cold-call curve of exists" in w for w in pred.warnings)
+    assert any("no fresh-key put" in w for w in pred.warnings)
 
 
 # --- the workflow's operations, from its own code ----------------------------------------------------------------------
@@ -169,9 +234,16 @@ def test_op_mix_of_a_four_rank_run():
     shape = workflow.shape(cfg, 4, fetches_per_sync=0.5, epochs_per_sync=5, checkpoint_bytes=40000)
     assert (shape.sim_ranks, shape.trainer_ranks) == (2, 2)
     sim = {op.what: op for op in workflow.sim_ops(shape)}
-    assert sim["snapshot put"].nbytes == 1024 * 4 * 8 and sim["snapshot put"].per_sync == 1
-    assert sim["snapshot put"].callers == 2
-    assert sim["checkpoint fetch"].per_sync == 0.5 and sim["checkpoint fetch"].nbytes == 40000
+    # Every snapshot goes to a new key; the non-head rank's put is its first call after the sleep when no
+    # checkpoint is due (half the syncs), else its checkpoint fetch is.
+    puts, fetches = (sim["snapshot put"], sim["snapshot put, first call"]), (sim["checkpoint fetch"],
+                                                                               sim["checkpoint fetch, first call"])
+    assert all(op.nbytes == 1024 * 4 * 8 and op.fresh and op.callers == 2 for op in puts)
+    assert [op.per_sync for op in puts] == [0.75, 0.25] and [op.first for op in puts] == [False, True]
+    assert [op.per_sync for op in fetches] == [0.25, 0.25] and [op.first for op in fetches] == [False, True]
+    assert all(op.nbytes == 40000 and not op.fresh for op in fetches)
+    assert sim["trainer error key (a get that finds nothing)"].first and sim["heartbeats between syncs"].first
+    assert not sim["trainer status read"].first and not sim["heartbeat at each sync"].first
     assert sim["trainer status read"].per_sync == 0.5  # the head's call, over 2 simulation ranks
     train = {op.what: op for op in workflow.train_ops(shape)}
     assert train["snapshot get"].per_sync == 1 and train["checkpoint push"].per_sync == pytest.approx(0.25)

@@ -6,6 +6,12 @@ the component's wall time (``*_overhead_pct``), and the time to solution of ``N`
 steps. Only staging traffic and the emulated work are modelled: coupling compute
 (inference, checkpoint load, graph build) and waits are not, so the predicted time to
 solution is a lower bound and the predicted overhead share an upper bound.
+
+Which micro curve prices which call (:func:`price`, printed per term as "latency from" and "bytes
+from"): the latency of a rank's first call after its step's idle time comes from the cold-call
+curves; the bytes of a put under a new key (a snapshot) from the fresh-key put curve; everything else
+from the back-to-back curves. A micro run without the variants falls back to the back-to-back curves,
+with a warning.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
-from simai_core.predict.model import CostModel, OpCost
+from simai_core.predict.model import COLD, FRESH_KEY, CostModel, OpCost, variant
 from simai_core.predict.workflow import Op, Shape, sim_ops, train_ops
 from simai_core.workflow.timers import TRAFFIC
 
 COMPONENTS = ("sim", "train")
 Contention = Literal["node", "callers"]
+BACK_TO_BACK = "back-to-back"
+#: The cold-call benchmarks time tensors: a cold byte-string call takes the latency of the tensor call of its direction.
+COLD_STAND_IN = {"get_bytes": "get_tensor", "put_bytes": "put_tensor"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,8 @@ class Term:
     cost: OpCost  # one call, with ``clients`` micro ranks
     sync_steps: int
     clients: int
+    latency_from: str = BACK_TO_BACK  # the micro curve the latency term comes from
+    bytes_from: str = BACK_TO_BACK  # the micro curve the bytes / bandwidth term comes from
 
     @property
     def calls_per_sync(self) -> float:
@@ -76,6 +87,37 @@ class Prediction:
         return self.steps * self.shape.step_time_s + self.sync_steps * self.traffic_s("sim")
 
 
+def _joined(*warnings: str | None) -> str | None:
+    return "; ".join(w for w in warnings if w) or None
+
+
+def price(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, list[str]]:
+    """One call of ``op`` with ``clients`` micro ranks: its cost, the curves of its latency and bytes, fall-back notes.
+
+    A put under a new key takes its bytes (and, if not a first call, its latency) from the fresh-key put curve;
+    a first call after the step's idle time takes its latency from the cold-call curve of its op.
+    """
+    notes: list[str] = []
+    cost, bytes_from = model.cost(op.op, op.nbytes, clients), BACK_TO_BACK
+    if op.fresh:
+        if model.has(variant(op.op, FRESH_KEY)):
+            cost, bytes_from = model.cost(variant(op.op, FRESH_KEY), op.nbytes, clients), "fresh-key"
+        else:
+            notes.append(f"the micro run has no fresh-key put (test_tensor_fresh_key) on {model.backend}: "
+                         f"puts to new keys priced as overwrites of one key (back to back)")
+    latency_from = bytes_from
+    if op.first:
+        base = COLD_STAND_IN.get(op.op, op.op)
+        if model.has(variant(base, COLD)):
+            cold = model.cost(variant(base, COLD), 0, clients)  # its latency only: no size, no size warning
+            cost = OpCost(cold.latency_s, cost.transfer_s, _joined(cost.warning, cold.warning))
+            latency_from = f"{COLD} {base}" if base != op.op else COLD
+        else:
+            notes.append(f"the micro run has no cold-call curve of {base} (test_metadata_cold, test_tensor_cold) on "
+                         f"{model.backend}: first calls after the step's idle time priced back to back")
+    return cost, latency_from, bytes_from, notes
+
+
 def predict(model: CostModel, shape: Shape, sync_steps: int, steps: int | None = None,
             contention: Contention = "node") -> Prediction:
     """Price every operation of the workflow ``shape`` with ``model`` over ``sync_steps`` sync steps.
@@ -84,7 +126,8 @@ def predict(model: CostModel, shape: Shape, sync_steps: int, steps: int | None =
     ``node`` prices every call as measured with as many micro ranks as the workflow has (they share the
     node's cores and the staging server: on a node with fewer cores than ranks, a call waits for a CPU
     slice as often as it did in the micro run); ``callers`` as measured with as many ranks as make the
-    same call at the same time (a server that is the only shared resource).
+    same call at the same time (a server that is the only shared resource). Each call's curves:
+    :func:`price`.
     """
     terms: list[Term] = []
     warnings: list[str] = []
@@ -92,10 +135,11 @@ def predict(model: CostModel, shape: Shape, sync_steps: int, steps: int | None =
         if op.per_sync == 0 and op.once == 0:
             continue
         clients = shape.ranks if contention == "node" else op.callers
-        cost = model.cost(op.op, op.nbytes, clients)
-        terms.append(Term(op, cost, sync_steps, clients))
-        if cost.warning:
-            warnings.extend(w for w in cost.warning.split("; ") if w not in warnings)
+        cost, latency_from, bytes_from, notes = price(model, op, clients)
+        terms.append(Term(op, cost, sync_steps, clients, latency_from, bytes_from))
+        for w in [*notes, *(cost.warning.split("; ") if cost.warning else [])]:
+            if w not in warnings:
+                warnings.append(w)
     if steps is None:  # the run ends at its last sync point
         steps = (sync_steps - 1) * shape.train_interval + 1
     return Prediction(model.backend, shape, sync_steps, terms, steps, warnings)
@@ -108,12 +152,14 @@ def _ms(seconds: float) -> str:
 def terms_table(pred: Prediction) -> Table:
     """Where the time goes: one row per operation kind, per component rank and sync step."""
     table = Table(title=f"{pred.backend}: predicted staging traffic per rank and sync step ({pred.sync_steps} sync steps)")
-    for name in ("component", "category", "operation", "bytes", "calls/sync", "clients", "latency ms",
-                 "bytes/bw ms", "per call ms", "per sync ms"):
-        table.add_column(name, justify="left" if name in ("component", "category", "operation") else "right")
+    left = ("component", "category", "operation", "latency from", "bytes from")
+    for name in ("component", "category", "operation", "bytes", "calls/sync", "clients", "latency ms", "latency from",
+                 "bytes/bw ms", "bytes from", "per call ms", "per sync ms"):
+        table.add_column(name, justify="left" if name in left else "right")
     for t in sorted(pred.terms, key=lambda t: (COMPONENTS.index(t.op.component), TRAFFIC.index(t.op.category))):
         table.add_row(t.op.component, t.op.category, t.op.what + (" *" if t.cost.warning else ""), str(t.op.nbytes),
-                      f"{t.calls_per_sync:.3g}", str(t.clients), _ms(t.cost.latency_s), _ms(t.cost.transfer_s),
+                      f"{t.calls_per_sync:.3g}", str(t.clients), _ms(t.cost.latency_s), t.latency_from,
+                      _ms(t.cost.transfer_s), t.bytes_from if t.op.nbytes else "",
                       _ms(t.cost.seconds), _ms(t.seconds_per_sync))
     return table
 

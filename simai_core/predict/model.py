@@ -18,6 +18,10 @@ Per operation: ``cost = latency + bytes / bandwidth``.
   the ranks' start skew after the round's barrier, which on an oversubscribed node is
   milliseconds and would be charged to every small operation, whereas the workflow's
   accounting times each rank's own call.
+* Variants (:func:`variant`): ``cold:<op>`` from the cold-call micro benchmarks
+  (``test_metadata_cold``, ``test_tensor_cold``: one call per round after an idle sleep) and
+  ``fresh_key:put_tensor`` from ``test_tensor_fresh_key`` (each put under a new key) are curves of
+  their own, read the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from simai_core.report.loading import Bench, Run
 #: Operations the model knows: the staging client's verbs (``exists`` also stands for a
 #: get of a missing key and for a delete: one round trip that moves no value).
 OPS = ("put_tensor", "get_tensor", "put_bytes", "get_bytes", "exists")
+#: Curve variants beside the back-to-back one: a call after an idle sleep, a put under a new key.
+COLD, FRESH_KEY = "cold", "fresh_key"
+
+
+def variant(op: str, kind: str | None) -> str:
+    """The curve name of ``op`` measured as ``kind`` (:data:`COLD`, :data:`FRESH_KEY`; None: back to back)."""
+    return f"{kind}:{op}" if kind else op
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,10 @@ class CostModel:
             curve = Curve(curve.op, curve.clients, old.samples + curve.samples, "; ".join(sources))
         mine[curve.clients] = curve
 
+    def has(self, op: str) -> bool:
+        """Whether the micro run measured the curve ``op`` (a :func:`variant` name)."""
+        return bool(self.curves.get(op))
+
     def cost(self, op: str, nbytes: int, clients: int) -> OpCost:
         """One op of ``nbytes`` while ``clients`` ranks do the same: the per-op time measured with that many clients.
 
@@ -171,8 +186,8 @@ class CostModel:
     def describe(self) -> list[str]:
         """One line per curve: what was measured, at which sizes and client counts."""
         lines = []
-        for op in OPS:
-            for w, curve in sorted(self.curves.get(op, {}).items()):
+        for op in sorted(self.curves, key=lambda c: (c.split(":")[-1], c)):
+            for w, curve in sorted(self.curves[op].items()):
                 sizes = [s.nbytes for s in curve.samples]
                 span = f"{min(sizes)}-{max(sizes)} B" if max(sizes) > 0 else "no value"
                 lines.append(f"{op}: {w} client(s), {len(sizes)} size(s) {span} ({curve.source})")
@@ -196,9 +211,10 @@ def _value(bench: Bench, fom: str) -> float | None:
 
 
 def _points(bench: Bench) -> Iterable[tuple[str, int, Sample]]:
-    """(op, clients, sample) that one micro benchmark contributes: its per-rank per-op time (``*latency_s``)."""
+    """(curve, clients, sample) that one micro benchmark contributes: its per-rank per-op time (``*latency_s``)."""
     params, world, name = bench.params, bench.world_size or 1, bench.base_name
     op, nbytes = params.get("op"), params.get("nbytes")
+    scalar = {"put_scalar": ("put_tensor", 8), "get_scalar": ("get_tensor", 8), "exists": ("exists", 0)}
     if name == "test_tensor" and op in ("put", "get") and isinstance(nbytes, int):
         t = _value(bench, f"{op}_latency_s")
         if t:
@@ -210,7 +226,19 @@ def _points(bench: Bench) -> Iterable[tuple[str, int, Sample]]:
     elif name == "test_metadata" and op in ("put_scalar", "exists"):
         t = _value(bench, "latency_s")
         if t:  # put_scalar stores an 8-byte tensor: the put curve's smallest size
-            yield ("put_tensor", world, Sample(8, t)) if op == "put_scalar" else ("exists", world, Sample(0, t))
+            yield scalar[op][0], world, Sample(scalar[op][1], t)
+    elif name == "test_metadata_cold" and op in scalar:
+        t = _value(bench, "cold_latency_s")
+        if t:
+            yield variant(scalar[op][0], COLD), world, Sample(scalar[op][1], t)
+    elif name == "test_tensor_cold" and op in ("put", "get") and isinstance(nbytes, int):
+        t = _value(bench, "cold_latency_s")
+        if t:
+            yield variant(f"{op}_tensor", COLD), world, Sample(nbytes, t)
+    elif name == "test_tensor_fresh_key" and isinstance(nbytes, int):
+        t = _value(bench, "fresh_key_put_latency_s")
+        if t:
+            yield variant("put_tensor", FRESH_KEY), world, Sample(nbytes, t)
 
 
 def cost_model(runs: Sequence[Run], backend: str) -> CostModel:

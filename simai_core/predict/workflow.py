@@ -9,6 +9,13 @@ the snapshots of the simulation ranks it owns (``data``); its head reads the sim
 status once per loop iteration, pushes a checkpoint every ``checkpoint_every`` epochs and
 writes heartbeats (``meta``). Figures are per rank, averaged over the component's ranks
 (a head's operations count 1 / ranks), as the mini benchmark's ``*_pct`` FOMs are.
+
+Two things the micro benchmark's back-to-back calls on one key do not see are marked per call:
+``first``, the first staging call a simulation rank makes after its step's emulated work (a
+sleep: the head's trainer error-key read, another rank's checkpoint fetch, or its snapshot put
+when no checkpoint is due; each heartbeat between syncs), priced with the cold-call curves; and
+``fresh``, a put under a key that did not exist (every snapshot), priced with the fresh-key put
+curve. The trainer's calls follow its training (busy, not asleep) and are priced back to back.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ class Op:
     per_sync: float  # calls per rank per sync step (mean over the component's ranks)
     once: float = 0.0  # calls per rank once per run (set-up and end)
     callers: int = 1  # ranks making the same call at the same time
+    first: bool = False  # the rank's first staging call after the step's idle time (a cold call)
+    fresh: bool = False  # a put under a new key
 
 
 @dataclass(frozen=True)
@@ -134,18 +143,28 @@ def shape(cfg: WorkflowConfig, ranks: int, fetches_per_sync: float = 1.0, epochs
 
 
 def sim_ops(s: Shape) -> list[Op]:
-    """A simulation rank's staging calls (head-only calls weigh 1 / simulation ranks)."""
-    head = 1.0 / s.sim_ranks
+    """A simulation rank's staging calls (head-only calls weigh 1 / simulation ranks).
+
+    Per sync step the head's first call after the step's work is the trainer error-key read; another
+    rank's is the checkpoint fetch when one is due (``fetches_per_sync``), else the snapshot put.
+    """
+    head, rest = 1.0 / s.sim_ranks, (s.sim_ranks - 1) / s.sim_ranks
+    fetch = s.fetches_per_sync
     ops = [
-        Op("sim", "meta", "exists", "trainer error key (a get that finds nothing)", 0, head, callers=1),
+        Op("sim", "meta", "exists", "trainer error key (a get that finds nothing)", 0, head, callers=1, first=True),
         Op("sim", "meta", "get_tensor", "trainer status read", TRAIN_STATUS_BYTES, head, callers=1),
         Op("sim", "meta", "put_tensor", "heartbeat at each sync", SIM_STATUS_BYTES, head,
            once=2 * head, callers=1),  # once: the start-up and the stop heartbeats
         Op("sim", "meta", "put_tensor", "heartbeats between syncs", SIM_STATUS_BYTES,
-           head * s.heartbeats_between_syncs, callers=1),
+           head * s.heartbeats_between_syncs, callers=1, first=True),
         Op("sim", "meta", "put_tensor", "problem size (start-up)", SIZE_BYTES, 0.0, once=head, callers=1),
-        Op("sim", "data", "put_tensor", "snapshot put", s.snapshot_nbytes, 1.0, callers=s.sim_ranks),
-        Op("sim", "checkpoint", "get_bytes", "checkpoint fetch", s.checkpoint_nbytes, s.fetches_per_sync,
+        Op("sim", "data", "put_tensor", "snapshot put, first call", s.snapshot_nbytes, rest * (1 - fetch),
+           callers=s.sim_ranks, first=True, fresh=True),
+        Op("sim", "data", "put_tensor", "snapshot put", s.snapshot_nbytes, 1.0 - rest * (1 - fetch),
+           callers=s.sim_ranks, fresh=True),
+        Op("sim", "checkpoint", "get_bytes", "checkpoint fetch, first call", s.checkpoint_nbytes, rest * fetch,
+           callers=s.sim_ranks, first=True),
+        Op("sim", "checkpoint", "get_bytes", "checkpoint fetch", s.checkpoint_nbytes, head * fetch,
            callers=s.sim_ranks),
     ]
     pos, edges = s.graph_nbytes
