@@ -71,7 +71,7 @@ def test_steering(benchmark, backend, staging, staging_pool, simai_run, pytestco
     cfg = steering_config(pytestconfig, steering_launcher, steering_mode, steering_policy)
     address = staging_pool.address(backend)
     holder: list[SteeringResult | None] = []
-    benchmark.pedantic(lambda: holder.append(run_collective(cfg, backend, staging, address, tmp_path)),
+    benchmark.pedantic(lambda: holder.append(run_collective(cfg, staging, backend, address, tmp_path)),
                        rounds=1, iterations=1)
     result = holder[0]
     local = local_foms(result) if result is not None else {}
@@ -90,6 +90,9 @@ def test_steering(benchmark, backend, staging, staging_pool, simai_run, pytestco
 @pytest.mark.timeout(1800)
 def test_steering_vs_random(benchmark, backend, staging, staging_pool, simai_run, pytestconfig, tmp_path):
     launcher = "dragon" if backend == "dragon" else "pool"
+    if launcher not in pytestconfig.getoption("--simai-steering-launchers").split(","):
+        pytest.skip(f"the {backend} backend's comparison runs on the {launcher} launcher, not selected by "
+                    "--simai-steering-launchers")
     seeds = [int(s) for s in pytestconfig.getoption("--simai-steering-seeds").split(",")]
     address = staging_pool.address(backend)
     runs: dict[str, list[SteeringResult | None]] = {"ai": [], "random": []}
@@ -98,7 +101,7 @@ def test_steering_vs_random(benchmark, backend, staging, staging_pool, simai_run
         for seed in seeds:
             for policy in ("ai", "random"):
                 cfg = steering_config(pytestconfig, launcher, "streaming", policy, seed)
-                runs[policy].append(run_collective(cfg, backend, staging, address, tmp_path / f"{policy}{seed}"))
+                runs[policy].append(run_collective(cfg, staging, backend, address, tmp_path / f"{policy}{seed}"))
 
     benchmark.pedantic(compare, rounds=1, iterations=1)
     cfg = steering_config(pytestconfig, launcher, "streaming", "ai")

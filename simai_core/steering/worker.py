@@ -125,14 +125,12 @@ def pool_loop(client: StagingClient, keys: SteerKeys, worker: int, comm: Any, de
     seen, ran, pause = -1, 0, 1e-3
     while time.time() < deadline:
         item = get_json(client, keys.assign(worker))
-        if item is None or item.get("seq", -1) == seen:
-            if item is not None and item.get("stop"):
-                return ran
+        if item is not None and item.get("stop"):
+            return ran
+        if item is None or item["seq"] == seen:
             time.sleep(pause)
             pause = min(pause * 2, max_interval_s)
             continue
-        if item.get("stop"):
-            return ran
         seen, pause = item["seq"], 1e-3
         started = time.time()
         try:
