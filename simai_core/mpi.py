@@ -35,10 +35,11 @@ def world() -> Any:
 
 
 _INTERRUPTED: list[int] = []
+INTERRUPT_GRACE_S = 2.0
 
 
 def _abort_job_after_ctrl_c() -> None:
-    """After Ctrl-C, the first rank to reach its exit (its clean-up done) aborts the job.
+    """After Ctrl-C, rank 0 aborts the job when it reaches its exit (its clean-up done); the others 2 s later.
 
     ``mpiexec`` passes SIGINT to every rank, but a rank blocked inside an MPI call never sees it,
     and the ranks that do would then wait for it forever in ``MPI_Finalize``.
@@ -52,6 +53,8 @@ def _abort_job_after_ctrl_c() -> None:
 
     def abort_if_interrupted() -> None:
         if _INTERRUPTED:
+            if rank() != 0:
+                time.sleep(INTERRUPT_GRACE_S)  # rank 0, which holds the shared servers, stops them first
             sys.stderr.write(f"[rank {rank()}/{size()}] interrupted (Ctrl-C): aborting all ranks\n")
             sys.stderr.flush()
             world().Abort(130)
