@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -537,3 +538,7 @@ def test_a_db_off_loopback_warns_that_it_has_no_password(tmp_path):
     with pytest.warns(SharedMachineWarning, match=r"10\.1\.2\.3:6780 .*no password.*anyone who can reach"):
         srv._guard_access()
     assert srv.detail()["auth"] is False and srv.detail()["protected_mode"] is False
+    with warnings.catch_warnings(record=True) as seen:  # shown on every such run, but never fails one
+        warnings.simplefilter("error")
+        srv._guard_access()
+    assert [w.category for w in seen] == [SharedMachineWarning]

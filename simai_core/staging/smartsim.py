@@ -262,10 +262,13 @@ class SmartSimServer(StagingServer):
             # even if the bind address changes.
             self.protected_mode = bool(_redis_call(self._address, "config_set", name="protected-mode", value="yes"))
             return
-        warnings.warn(SharedMachineWarning(
-            f"The SmartSim DB at {self._address} (interface {self.interface}, from the machine profile) has {AUTH_NOTE}: "
-            "anyone who can reach that address can read and overwrite staged data. Use the profile's loopback "
-            "interface (lo) on a one-node run, or the redis backend, which has a password"), stacklevel=3)
+        with warnings.catch_warnings():  # advice on every run of such a profile: never an error (-W error, pytest's)
+            warnings.simplefilter("always", SharedMachineWarning)
+            warnings.warn(SharedMachineWarning(
+                f"The SmartSim DB at {self._address} (interface {self.interface}, from the machine profile) has "
+                f"{AUTH_NOTE}: anyone who can reach that address can read and overwrite staged data. Use the "
+                "profile's loopback interface (lo) on a one-node run, or the redis backend, which has a password"),
+                stacklevel=3)
 
     def _start_orchestrator(self) -> None:
         from smartsim.database import Orchestrator
