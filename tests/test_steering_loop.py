@@ -104,3 +104,18 @@ def test_the_steered_run_reaches_the_target(redis_staging, tmp_path):
     assert result.reached, f"stopped by {result.reason}, best error {result.best_error}"
     assert result.best_error <= cfg.tolerance and result.reached_after is not None
     assert_nothing_left_running(before)
+
+
+def test_smartsim_launcher_runs_models_and_leaves_none(redis_staging, tmp_path):
+    pytest.importorskip("smartsim")
+    result = steer(redis_staging, tmp_path, launcher="smartsim", mode="streaming", policy="random", workers=2,
+                   budget=3, fail={1: "exit"}, deadline_s=180)
+    assert sorted(result.completed) == [0, 1, 2]
+    assert [f["sim"] for f in result.failures] == [1], "SmartSim's Failed status is how the crash is noticed"
+    assert "SmartSim" in result.launcher_detail
+
+
+def test_two_ranks_per_simulation_with_a_fresh_mpiexec(redis_staging, tmp_path):
+    result = steer(redis_staging, tmp_path, launcher="mpiexec", mode="batch", policy="random", workers=1,
+                   ranks_per_sim=2, budget=2)
+    assert sorted(result.completed) == [0, 1] and "-n 2" in result.launcher_detail

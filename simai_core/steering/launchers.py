@@ -214,6 +214,7 @@ class SmartSimLauncher:
         (workdir / "smartsim").mkdir(parents=True, exist_ok=True)
         self.exp = Experiment(f"steer-{run_id}", exp_path=str(workdir / "smartsim"), launcher="local")
         self.models: dict[int, Any] = {}
+        self.launches = 0
         self.describe = "SmartSim 0.8 Experiment(launcher='local'): one Model per simulation, exp.start(block=False)"
 
     def launch(self, sim: int) -> Handle:
@@ -222,7 +223,9 @@ class SmartSimLauncher:
         unset = [a for k in os.environ if k.startswith(_MPI_ENV_PREFIXES) for a in ("-u", k)]
         env: dict[str, str | None] = dict(self.env)
         settings = self.exp.create_run_settings(exe="/usr/bin/env", exe_args=[*unset, *args], env_vars=env)
-        model = self.exp.create_model(f"sim{sim}", settings, path=str(self.workdir / "smartsim" / f"sim{sim}"))
+        self.launches += 1  # SmartSim refuses a second entity of the same name: a relaunch gets a new one
+        name = f"sim{sim}-{self.launches}"
+        model = self.exp.create_model(name, settings, path=str(self.workdir / "smartsim" / name))
         with _quiet():
             self.exp.start(model, block=False)
         self.models[sim] = model
