@@ -98,6 +98,10 @@ def _variant_benches(world: int) -> list[dict]:
         t = COLD_LAT + (8 / BW if op != "exists" else 0.0)
         benches.append(samples.bench("test_metadata_cold", f"redis-{op}", simai,
                                      {"cold_latency_s": samples.fom(t, "s", "lower")}, t))
+    simai = {"level": "micro", "backend": "redis", "world_size": world,
+             "params": {"op": "exists", "idle_s": 0.5, "neighbours": "busy"}}  # only this op with busy neighbours
+    benches.append(samples.bench("test_metadata_cold", "redis-exists-busy", simai,
+                                 {"cold_latency_s": samples.fom(2 * COLD_LAT, "s", "lower")}, 2 * COLD_LAT))
     for op in ("put", "get"):
         for n in (4096, 65536, 4 * 2**20):
             t = COLD_LAT + n / BW
@@ -149,7 +153,8 @@ def test_cost_model_reads_the_per_op_times_of_a_micro_run_mean_over_samples():
 
 def test_cold_and_fresh_key_curves_price_first_calls_and_snapshot_puts():
     model = cost_model([parse_run(_micro_doc(4, 1.0, variants=True), "micro")], "redis")
-    assert {"cold:put_tensor", "cold:get_tensor", "cold:exists", "fresh_key:put_tensor"} <= set(model.curves)
+    assert {"cold:put_tensor", "cold:get_tensor", "cold:exists", "cold_busy:exists", "fresh_key:put_tensor"} \
+        <= set(model.curves)
     assert model.curves["cold:put_tensor"][4].latency_s == pytest.approx(COLD_LAT, rel=1e-6)
     model.add(Curve("put_bytes", 4, (Sample(30000, LAT + 30000 / BW), Sample(170000, LAT + 170000 / BW))))
     shape = workflow.shape(workflow.workflow_config("small", "mlp"), 4, fetches_per_sync=0.5, checkpoint_bytes=40000)
@@ -163,7 +168,8 @@ def test_cold_and_fresh_key_curves_price_first_calls_and_snapshot_puts():
     fetch = terms["checkpoint fetch, first call"]  # a byte string: the cold tensor get's latency, its own bytes
     assert fetch.cost.latency_s == pytest.approx(COLD_LAT) and fetch.latency_from == "cold get_tensor"
     assert fetch.cost.transfer_s == pytest.approx(40000 / BW) and fetch.bytes_from == "back-to-back"
-    assert terms["trainer error key (a get that finds nothing)"].cost.seconds == pytest.approx(COLD_LAT)
+    error_key = terms["trainer error key (a get that finds nothing)"]  # busy neighbours measured: preferred
+    assert error_key.cost.seconds == pytest.approx(2 * COLD_LAT) and error_key.latency_from == "cold_busy"
     assert terms["trainer status read"].cost.seconds == pytest.approx(LAT + 32 / BW)  # follows: back to back
     assert terms["snapshot get"].cost.seconds == pytest.approx(LAT + n / BW)  # the trainer is busy, not asleep
     assert not any("no cold-call" in w or "no fresh-key" in w for w in pred.warnings)

@@ -9,8 +9,9 @@ solution is a lower bound and the predicted overhead share an upper bound.
 
 Which micro curve prices which call (:func:`price`, printed per term as "latency from" and "bytes
 from"): the latency of a rank's first call after its step's idle time comes from the cold-call
-curves; the bytes of a put under a new key (a snapshot) from the fresh-key put curve; everything else
-from the back-to-back curves. A micro run without the variants falls back to the back-to-back curves,
+curves (``cold_busy``: measured while other ranks computed, preferred; ``cold``: all ranks idle);
+the bytes of a put under a new key (a snapshot) from the fresh-key put curve; everything else from
+the back-to-back curves. A micro run without the variants falls back to the back-to-back curves,
 with a warning.
 """
 
@@ -22,7 +23,7 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
-from simai_core.predict.model import COLD, FRESH_KEY, CostModel, OpCost, variant
+from simai_core.predict.model import COLD, COLD_BUSY, FRESH_KEY, CostModel, OpCost, variant
 from simai_core.predict.workflow import Op, Shape, sim_ops, train_ops
 from simai_core.workflow.timers import TRAFFIC
 
@@ -95,7 +96,9 @@ def price(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, lis
     """One call of ``op`` with ``clients`` micro ranks: its cost, the curves of its latency and bytes, fall-back notes.
 
     A put under a new key takes its bytes (and, if not a first call, its latency) from the fresh-key put curve;
-    a first call after the step's idle time takes its latency from the cold-call curve of its op.
+    a first call after the step's idle time takes its latency from the cold-call curve of its op, measured
+    with busy neighbours where the micro run has it (the workflow's trainer ranks compute while the
+    simulation's sleep), else with idle ones.
     """
     notes: list[str] = []
     cost, bytes_from = model.cost(op.op, op.nbytes, clients), BACK_TO_BACK
@@ -108,10 +111,11 @@ def price(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, lis
     latency_from = bytes_from
     if op.first:
         base = COLD_STAND_IN.get(op.op, op.op)
-        if model.has(variant(base, COLD)):
-            cold = model.cost(variant(base, COLD), 0, clients)  # its latency only: no size, no size warning
+        kind = next((k for k in (COLD_BUSY, COLD) if model.has(variant(base, k))), None)
+        if kind:
+            cold = model.cost(variant(base, kind), 0, clients)  # its latency only: no size, no size warning
             cost = OpCost(cold.latency_s, cost.transfer_s, _joined(cost.warning, cold.warning))
-            latency_from = f"{COLD} {base}" if base != op.op else COLD
+            latency_from = f"{kind} {base}" if base != op.op else kind
         else:
             notes.append(f"the micro run has no cold-call curve of {base} (test_metadata_cold, test_tensor_cold) on "
                          f"{model.backend}: first calls after the step's idle time priced back to back")

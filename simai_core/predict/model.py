@@ -19,7 +19,8 @@ Per operation: ``cost = latency + bytes / bandwidth``.
   milliseconds and would be charged to every small operation, whereas the workflow's
   accounting times each rank's own call.
 * Variants (:func:`variant`): ``cold:<op>`` from the cold-call micro benchmarks
-  (``test_metadata_cold``, ``test_tensor_cold``: one call per round after an idle sleep) and
+  (``test_metadata_cold``, ``test_tensor_cold``: one call per round after an idle sleep;
+  ``cold_busy:<op>`` where the odd ranks computed meanwhile: ``neighbours=busy``) and
   ``fresh_key:put_tensor`` from ``test_tensor_fresh_key`` (each put under a new key) are curves of
   their own, read the same way.
 """
@@ -36,8 +37,9 @@ from simai_core.report.loading import Bench, Run
 #: Operations the model knows: the staging client's verbs (``exists`` also stands for a
 #: get of a missing key and for a delete: one round trip that moves no value).
 OPS = ("put_tensor", "get_tensor", "put_bytes", "get_bytes", "exists")
-#: Curve variants beside the back-to-back one: a call after an idle sleep, a put under a new key.
-COLD, FRESH_KEY = "cold", "fresh_key"
+#: Curve variants beside the back-to-back one: a call after an idle sleep (with the other ranks asleep too,
+#: or computing: ``neighbours=busy``), a put under a new key.
+COLD, COLD_BUSY, FRESH_KEY = "cold", "cold_busy", "fresh_key"
 
 
 def variant(op: str, kind: str | None) -> str:
@@ -215,6 +217,7 @@ def _points(bench: Bench) -> Iterable[tuple[str, int, Sample]]:
     params, world, name = bench.params, bench.world_size or 1, bench.base_name
     op, nbytes = params.get("op"), params.get("nbytes")
     scalar = {"put_scalar": ("put_tensor", 8), "get_scalar": ("get_tensor", 8), "exists": ("exists", 0)}
+    cold = COLD_BUSY if params.get("neighbours") == "busy" else COLD
     if name == "test_tensor" and op in ("put", "get") and isinstance(nbytes, int):
         t = _value(bench, f"{op}_latency_s")
         if t:
@@ -230,11 +233,11 @@ def _points(bench: Bench) -> Iterable[tuple[str, int, Sample]]:
     elif name == "test_metadata_cold" and op in scalar:
         t = _value(bench, "cold_latency_s")
         if t:
-            yield variant(scalar[op][0], COLD), world, Sample(scalar[op][1], t)
+            yield variant(scalar[op][0], cold), world, Sample(scalar[op][1], t)
     elif name == "test_tensor_cold" and op in ("put", "get") and isinstance(nbytes, int):
         t = _value(bench, "cold_latency_s")
         if t:
-            yield variant(f"{op}_tensor", COLD), world, Sample(nbytes, t)
+            yield variant(f"{op}_tensor", cold), world, Sample(nbytes, t)
     elif name == "test_tensor_fresh_key" and isinstance(nbytes, int):
         t = _value(bench, "fresh_key_put_latency_s")
         if t:
