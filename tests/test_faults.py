@@ -303,10 +303,7 @@ def test_corrupted_checkpoint(tmp_path, leftovers, file_staging):
     sim = next(r for r in result.reports if r.component == "sim")
     assert sim.error is not None and "train" in {r.component for r in result.reports if r.error}, result.errors
     assert leftovers.remaining() == []
-    clear = re.search(r"checkpoint .*not a loadable TorchScript module", sim.error)
-    if not clear and "in from_bytes" in sim.detail.get("traceback", ""):  # checkpoint.py: the issue-14 faults report
-        pytest.xfail(f"the simulation reports torch's own error, not a bad checkpoint: {sim.error[:200]}")
-    assert clear, sim.error
+    assert re.search(r"checkpoint .*not a loadable TorchScript module", sim.error), sim.error
 
 
 # ---------------------------------------------------------------- faults under mpiexec

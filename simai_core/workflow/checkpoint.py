@@ -39,8 +39,12 @@ def to_bytes(scripted: torch.jit.ScriptModule) -> bytes:
 
 
 def from_bytes(blob: bytes, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
-    """Load a serialised script module onto ``device``, in eval mode."""
-    with _quiet_jit():
-        model = torch.jit.load(io.BytesIO(blob), map_location=device)
+    """Load a serialised script module onto ``device``, in eval mode; a damaged blob raises ``ValueError``."""
+    try:
+        with _quiet_jit():
+            model = torch.jit.load(io.BytesIO(blob), map_location=device)
+    except RuntimeError as exc:  # torch's readers raise RuntimeError on bad input
+        raise ValueError(f"checkpoint of {len(blob)} bytes is not a loadable TorchScript module "
+                         f"(truncated or corrupted on its way?): {exc}") from None
     model.eval()
     return model
