@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from simai_core.staging import registry
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.launch import ComponentProcess, run_component
-from simai_core.workflow.layout import plan_layout, serial_role
+from simai_core.workflow.layout import node_comm, plan_layout, serial_role
 from simai_core.workflow.protocol import Keys, WorkflowError
 from simai_core.workflow.report import ComponentReport, Outcome, local_foms
 
@@ -64,6 +64,13 @@ class WorkflowResult(BaseModel):
         for report in mine:
             out |= local_foms(report)
         return out
+
+    def per_rank_foms(self) -> list[dict[str, float]]:
+        """Every world rank's FOM values (its component ranks' together), in world-rank order."""
+        out: dict[int, dict[str, float]] = {}
+        for report in self.reports:
+            out.setdefault(report.world_rank, {}).update(local_foms(report))
+        return [out[rank] for rank in sorted(out)]
 
     def events(self) -> list[dict[str, Any]]:
         """All per-event samples, in time order."""
@@ -196,12 +203,10 @@ def colocated_address(backend: str, shared_address: str, world: Any, profile: An
     ``force_per_node``) the first rank of every node starts a server of ``backend``
     for its node, and it is stopped when the block ends (collective over ``world``).
     """
-    from mpi4py import MPI
-
     from simai_core import mpi
 
-    node_comm = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
-    leaders = world.allreduce(1 if node_comm.Get_rank() == 0 else 0)
+    node = node_comm(world)  # virtual nodes when set
+    leaders = world.allreduce(1 if node.Get_rank() == 0 else 0)
     server = None
     try:
         if registry.get_spec(backend).scope == "node" or (leaders == 1 and not force_per_node):
@@ -214,10 +219,10 @@ def colocated_address(backend: str, shared_address: str, world: Any, profile: An
             server.start()
             return server.address
 
-        address = mpi.bcast_result(start, comm=node_comm)
+        address = mpi.bcast_result(start, comm=node)
         yield address
-        node_comm.Barrier()  # every client of this node is done before its server stops
+        node.Barrier()  # every client of this node is done before its server stops
     finally:
         if server is not None:
             server.stop()
-        node_comm.Free()
+        node.Free()
