@@ -38,7 +38,9 @@ def full_config(config: pytest.Config, deployment: str) -> WorkflowConfig:
     sim = {"solver": "acoustic", "acoustic": {k: v for k, v in acoustic.items() if v is not None},
            "train_interval": opt("--simai-full-train-interval"), "max_steps": opt("--simai-full-max-steps"),
            "min_skill": opt("--simai-full-min-skill")}
-    trainer = {"model": {"kind": "gnn", "residual": True}, "checkpoint_every": opt("--simai-full-checkpoint-every"),
+    # A solver outruns the trainer on small tiles: train on the newest 100 sync steps, skip older ones unread.
+    trainer = {"model": {"kind": "gnn", "residual": True}, "window": 100,
+               "checkpoint_every": opt("--simai-full-checkpoint-every"),
                "epoch_batches": opt("--simai-full-epoch-batches")}
     data: dict[str, Any] = {
         "problem": {"size": size, "dtype": "float32"},  # the solver's own precision: the sample is its fields

@@ -20,6 +20,8 @@ private 0700 directory of this user.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import getpass
 import math
 import os
@@ -92,6 +94,30 @@ def private_tempdir(path: Path) -> Iterator[None]:
         tempfile.tempdir = saved
     for sub in path.iterdir():
         check_private_dir(sub)
+
+
+class FloatEnvironment:
+    """Saves this thread's floating-point environment and puts it back (C ``fegetenv`` / ``fesetenv``).
+
+    Devito's CPU kernels switch the thread to flush-to-zero and denormals-are-zero on entry and
+    never switch back, which would change every later float operation of the process (the
+    simulation's inference, numpy, whose ``finfo`` then warns). The kernel keeps its mode while
+    it runs; the caller gets its own back.
+    """
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("m")
+        self._libm = ctypes.CDLL(name) if name else None
+        self._saved = ctypes.create_string_buffer(256)  # larger than any platform's fenv_t
+
+    def __enter__(self) -> FloatEnvironment:
+        if self._libm is not None:
+            self._libm.fegetenv(self._saved)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._libm is not None:
+            self._libm.fesetenv(self._saved)
 
 
 def mpicc() -> str:
@@ -176,6 +202,7 @@ class AcousticSolver(FieldSource):
         self.persistence_columns = (0,)
         self.interior = self._interior_mask(tile)
         self._op: Any = None
+        self._fenv = FloatEnvironment()
 
     def _local_velocity(self) -> np.ndarray:
         """Layers of equal thickness along the last axis, broadcast over this rank's tile."""
@@ -271,7 +298,8 @@ class AcousticSolver(FieldSource):
     def _run(self, first: int, last: int) -> None:
         """Time steps ``first`` to ``last`` (computing u at first + 1 .. last + 1)."""
         self._args[self._time_m], self._args[self._time_M] = first, last
-        code = self._op.cfunction(*self._args)
+        with self._fenv:
+            code = self._op.cfunction(*self._args)
         if code != 0:
             raise RuntimeError(f"the acoustic kernel returned error code {code} at time steps {first}..{last}")
 

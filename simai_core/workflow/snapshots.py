@@ -150,20 +150,46 @@ class SnapshotSource(ABC):
 
 
 class StagedSource(SnapshotSource):
-    """Fetches the keys of every announced step it has not fetched yet, then deletes them when asked to."""
+    """Fetches the keys of the announced steps it has not fetched yet, then deletes them when asked to.
 
-    def __init__(self, client: StagingClient, interval: int, delete: bool, **common: Any) -> None:
+    At most ``MAX_STEPS_PER_RECEIVE`` steps per call, so a trainer that fell behind a fast
+    simulation still beats between calls; with a window, steps that would leave it at once
+    are deleted unread (counted as skipped) instead of fetched.
+    """
+
+    MAX_STEPS_PER_RECEIVE = 32
+
+    def __init__(self, client: StagingClient, interval: int, delete: bool, window: int | None = None,
+                 **common: Any) -> None:
         super().__init__(**common)
-        self.client, self.interval, self.delete = client, interval, delete
+        self.client, self.interval, self.delete, self.window = client, interval, delete, window
         self.fetched = -1
+        self.skipped = 0
 
     def receive(self, announced: int) -> Received:
         first = (self.fetched // self.interval + 1) * self.interval
+        if self.window is not None:
+            first = max(first, self._skip_to(first, announced - (self.window - 1) * self.interval))
+        last = min(announced, first + (self.MAX_STEPS_PER_RECEIVE - 1) * self.interval)
         received: Received = {}
-        for step in range(first, announced + 1, self.interval):
+        for step in range(first, last + 1, self.interval):
             received[step] = {rank: self._fetch(self.keys.data(rank, step)) for rank in self.owned}
             self.fetched = step
         return received
+
+    def _skip_to(self, first: int, oldest: int) -> int:
+        """Delete the steps before ``oldest`` unread; returns the first step still to fetch."""
+        for step in range(first, oldest, self.interval):
+            if self.delete:
+                with self.acc.section("data", record=False):
+                    for rank in self.owned:
+                        self.client.delete(self.keys.data(rank, step))
+            self.skipped += 1
+            self.fetched = step
+        return (self.fetched // self.interval + 1) * self.interval
+
+    def finish(self, timeout_s: float) -> dict[str, int]:
+        return {"staged_steps_skipped": self.skipped}
 
     def _fetch(self, key: str) -> np.ndarray:
         array = fetch_announced(self.client, self.acc, self.keys, key, "data", out=self._buffer())
@@ -244,5 +270,6 @@ def make_source(cfg: WorkflowConfig, client: StagingClient, keys: Keys, owned: t
     """The trainer rank's source of the snapshots of ``owned`` for the configured data path."""
     common: dict[str, Any] = {"owned": owned, "shape": shape, "dtype": cfg.problem.dtype, "acc": acc, "keys": keys}
     if cfg.streamed_data is None:
-        return StagedSource(client, cfg.simulation.train_interval, cfg.trainer.delete_consumed, **common)
+        return StagedSource(client, cfg.simulation.train_interval, cfg.trainer.delete_consumed, cfg.trainer.window,
+                            **common)
     return StreamedSource(cfg, cfg.streamed_data, client, **common)
