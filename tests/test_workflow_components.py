@@ -219,3 +219,34 @@ def test_trainer_cadence_scales_with_the_problem(size, model, expected):
     cfg = WorkflowConfig.model_validate({"problem": {"size": size}, "trainer": {"model": {"kind": model}}})
     c = cfg.cadence()
     assert (c.mini_batch, c.epoch_batches, c.graph_patches) == expected and c.checkpoint_every == 10
+
+
+def _staged_steps(files, keys: Keys, last: int, interval: int) -> None:
+    for step in range(0, last + 1, interval):
+        files.put_tensor(keys.data(0, step), np.full((4, 2), float(step)))
+
+
+def test_staged_source_fetches_a_bounded_number_of_steps_per_call(files):
+    from simai_core.workflow.snapshots import StagedSource
+
+    keys = Keys("cap")
+    _staged_steps(files, keys, 200, 5)
+    source = StagedSource(files, 5, True, owned=(0,), shape=(4, 2), dtype="float64",
+                          acc=Accounting("train", 0, time.time()), keys=keys)
+    first = source.receive(200)
+    assert sorted(first) == list(range(0, 5 * StagedSource.MAX_STEPS_PER_RECEIVE, 5))
+    rest = source.receive(200)
+    assert min(rest) == 5 * StagedSource.MAX_STEPS_PER_RECEIVE and all(a[0][0, 0] == s for s, a in rest.items())
+
+
+def test_staged_source_with_a_window_skips_and_deletes_steps_older_than_it(files):
+    from simai_core.workflow.snapshots import StagedSource
+
+    keys = Keys("window")
+    _staged_steps(files, keys, 200, 5)
+    source = StagedSource(files, 5, True, window=3, owned=(0,), shape=(4, 2), dtype="float64",
+                          acc=Accounting("train", 0, time.time()), keys=keys)
+    got = source.receive(200)
+    assert sorted(got) == [190, 195, 200] and got[200][0][0, 0] == 200.0
+    assert source.finish(1.0) == {"staged_steps_skipped": 38}
+    assert not files.exists(keys.data(0, 0)) and not files.exists(keys.data(0, 185))
