@@ -1,8 +1,14 @@
-"""The regression gate: matching and comparability, FOM directions, thresholds and floors, the test, warnings."""
+"""The regression gate: matching and comparability, FOM directions, thresholds and floors, the test, warnings.
+
+Tests of the threshold and matching logic use JSON without samples and ``gate_untested=True`` (untested
+rows then gate on the threshold); the earlier pooled Mann-Whitney rule's own tests use ``test="rounds"``.
+The run-level test's statistics are tested in tests/test_gate_runlevel.py.
+"""
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -12,6 +18,8 @@ from rich.console import Console
 from simai_core.report import samples
 from simai_core.report.compare import compare_runs, holm, min_p_value, relative_change, threshold_for
 from simai_core.report.loading import ReportInputError
+
+compare = compare_runs
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +49,16 @@ def test_fifty_percent_worse_in_its_direction_is_a_regression(micro, fom, factor
     new = samples.worsen(micro, fom, 50)
     before, after = (_bench(r)["extra_info"]["fom"][fom]["value"] for r in (micro, new))
     assert after == pytest.approx(factor * before)
-    comp = compare_runs(micro, new)
+    # JSON from before FOMs carried samples: untested, shown as worse but not gated by default.
+    [shown] = [r for r in compare_runs(micro, new).rows if r.status == "worse"]
+    assert compare_runs(micro, new).ok and not shown.gating
+    assert shown.note == "worse by more than 10 %, untested: no samples (not gated)"
+    comp = compare_runs(micro, new, gate_untested=True)
     assert not comp.ok
     [reg] = comp.regressions
     assert reg.metric == fom and reg.benchmark == _bench(micro)["name"] == "test_put_get[redis-put-1KiB]"
     assert reg.worse_pct == pytest.approx(50)
     assert reg.change_pct == pytest.approx(-50 if fom.endswith("GBps") else 50)
-    # JSON from before FOMs carried samples: judged on the threshold alone, and said so.
     assert not reg.tested and reg.note == "worse by more than 10 %, untested: no samples"
 
 
@@ -60,6 +71,7 @@ def test_fifty_percent_better_is_an_improvement_not_a_failure(micro, fom):
 
 
 def test_threshold_and_per_fom_overrides(micro):
+    compare_runs = functools.partial(compare, gate_untested=True)
     new = samples.worsen(samples.worsen(micro, "put_GBps", 8), "put_latency_s", 8)
     assert compare_runs(micro, new).ok  # 8 % < default 10 %
     assert {r.metric for r in compare_runs(micro, new, threshold_pct=5).regressions} == {"put_GBps", "put_latency_s"}
@@ -87,7 +99,7 @@ def test_overlapping_rank_spreads_no_longer_hide_a_change(micro):
     base = copy.deepcopy(micro)
     f = _bench(base)["extra_info"]["fom"]["put_latency_s"]
     f["ranks"]["max"] = f["value"] * 1.4
-    comp = compare_runs(base, new)
+    comp = compare_runs(base, new, gate_untested=True)
     [row] = [r for r in _rows(comp, "put_latency_s") if r.benchmark.endswith("put-1KiB]")]
     assert row.status == "worse" and not row.tested and "untested: no samples" in row.note
     assert not comp.ok
@@ -135,10 +147,14 @@ def test_too_few_samples_are_untested_and_judged_by_the_threshold(micro):
     assert min_p_value(2, 2) == pytest.approx(1 / 3)
     assert min_p_value(10, 10) < 1e-4 and min_p_value(0, 5) == 1.0
     base = samples.with_samples(micro, n=2, scatter=0.01)
-    comp = compare_runs(base, samples.worsen(base, "put_GBps", 25))
+    comp = compare_runs(base, samples.worsen(base, "put_GBps", 25), test="rounds")
     [reg] = comp.regressions
     assert reg.metric == "put_GBps" and not reg.tested and "untested: 2 vs 2 samples cannot reach alpha" in reg.note
     assert "1 verdict(s) untested" in comp.summary()
+    # The run-level test needs 4 observations a run; fewer: untested and, by default, not gated.
+    comp = compare_runs(base, samples.worsen(base, "put_GBps", 25))
+    [row] = [r for r in comp.rows if r.status == "worse"]
+    assert comp.ok and not row.gating and "2 vs 2 observations, fewer than 4" in row.note
 
 
 def test_holm_rejects_step_down():
@@ -159,14 +175,15 @@ def test_many_compared_metrics_raise_the_bar_of_each(micro):
     base_f["samples"][0] = (f["samples"][-1] + f["samples"][-2]) / 2  # one pair out of order: U = 1, p = 4/924
     base_f["value"] = float(np.median(base_f["samples"]))
     f["value"] = float(np.median(f["samples"]))
-    row = _rows(compare_runs(base, new, null="zero"), "put_GBps")[0]
+    row = _rows(compare_runs(base, new, null="zero", test="rounds"), "put_GBps")[0]
     assert row.p_value == pytest.approx(4 / 924)
     assert row.status == "noise"  # 20 tested metrics: Holm's first level is 0.01 / 20
     alone = [copy.deepcopy(_bench(r)) for r in (base, new)]
     for b in alone:  # the one tested metric of its comparison: its level is 0.01
         b["extra_info"]["fom"] = {"put_GBps": b["extra_info"]["fom"]["put_GBps"]}
         del b["stats"]["data"]
-    assert _rows(compare_runs(*(samples.run_doc([b]) for b in alone), null="zero"), "put_GBps")[0].status == "worse"
+    assert _rows(compare_runs(*(samples.run_doc([b]) for b in alone), null="zero", test="rounds"),
+                 "put_GBps")[0].status == "worse"
 
 
 @pytest.mark.parametrize(("pct", "margin_null", "zero_null"), [(12, "noise", "worse"), (25, "worse", "worse"),
@@ -186,7 +203,7 @@ def test_round_times_tested_on_stats_data(micro):
     s = _bench(new)["stats"]
     s["median"] *= 1.3
     s["mean"] *= 1.3
-    comp = compare_runs(micro, new)  # no stats.data: judged on the threshold alone
+    comp = compare_runs(micro, new, gate_untested=True)  # no stats.data: judged on the threshold alone
     assert {r.metric for r in comp.regressions} == {"time.median", "time.mean"}
     assert all(r.unit == "s" and r.better == "lower" and not r.tested for r in comp.regressions)
     # Rounds that scatter as much as the difference: within noise for both.
@@ -204,6 +221,7 @@ def test_round_times_tested_on_stats_data(micro):
 
 
 def test_near_zero_skill_and_shares_are_judged_in_their_unit():
+    compare_runs = functools.partial(compare, gate_untested=True)  # one value each: the threshold decides
     base = samples.mini_run()
     new = copy.deepcopy(base)
     fb, fn = (_bench(r)["extra_info"]["fom"] for r in (base, new))
@@ -291,7 +309,7 @@ def test_other_backend_does_not_match_unless_asked():
     files = samples.micro_run(backends=("filesystem",), sizes=(1024,))
     with pytest.raises(ReportInputError, match="no benchmark"):
         compare_runs(redis, files)
-    comp = compare_runs(redis, files, ignore_backend=True)
+    comp = compare_runs(redis, files, ignore_backend=True, gate_untested=True)
     assert len({r.benchmark for r in comp.rows}) == 2
     assert comp.rows[0].benchmark == "test_put_get[redis-put-1KiB] -> test_put_get[filesystem-put-1KiB]"
     # filesystem has the higher per-op overhead at 1 KiB: its latency is worse.
@@ -335,7 +353,7 @@ def test_a_fom_on_one_side_only_is_listed_not_gated(micro):
 
 
 def test_render_prints_an_asv_style_table_and_the_verdict(micro):
-    comp = compare_runs(micro, samples.worsen(micro, "put_GBps", 50))
+    comp = compare_runs(micro, samples.worsen(micro, "put_GBps", 50), gate_untested=True)
     console = Console(record=True, width=200, color_system=None)
     comp.render(console)
     text = console.export_text()

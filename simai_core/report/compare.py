@@ -12,35 +12,46 @@ median and mean round times (seconds, lower is better). For each such metric:
   ``final_skill``) never less than an absolute floor in their own unit (:data:`ABS_FLOORS`:
   1 percentage point, 0.1 of skill), where a relative change means nothing. A smaller
   change is ``same``.
-* **Significance**: a Mann-Whitney U test of the two runs' samples (a FOM's ``samples``; for
-  round times pytest-benchmark's ``stats.data``) of the null "the change is no larger than
-  the smallest change that matters": the new samples are moved back by that margin (in the
-  samples' scale) and tested one-sided, the p-value doubled (``null="zero"``: two-sided, of
-  "no change"). Holm's correction runs over every tested metric of the comparison at
-  family-wise ``alpha`` (default 1 %): when no metric changed by more than its margin and the
-  rounds of each run are exchangeable, the chance that the comparison flags any is at most ``alpha``.
+* **Significance** (``test="run"``, the default): the unit of the test is the *run*, because
+  rounds of two runs are not exchangeable on a shared machine (the machine's state moves
+  every figure of a run together). Each run's observations in time order (a FOM's per-round
+  ``samples``; per-round means over ranks where the layout is ``ranks_x_rounds``; round times
+  ``stats.data``; a mini run's per-event durations from its sidecar, see :func:`with_event_foms`)
+  are cut into contiguous blocks; the run's estimate is the mean of the block medians (on a log
+  scale for relative margins). The difference of the two estimates is tested against the
+  margin with a t statistic whose variance adds the estimates' own (block variance / blocks)
+  and the *between-run* noise: from ``noise`` (measured by ``gate-check`` on replicate runs,
+  :func:`simai_core.report.gate_check.between_run_noise`) when given, else estimated from the
+  runs themselves as the variance of one block (a rerun is assumed to move a figure no more
+  than one block of a run moves from the next). Holm's correction runs over every tested
+  metric of the comparison at family-wise ``alpha`` (default 1 %). ``test="rounds"`` is the
+  earlier rule (a Mann-Whitney U test of the pooled samples), kept for comparison.
 * A change that matters is ``worse`` or ``better`` when it is significant and ``noise``
-  when not. Where a side has no samples, or too few for the test ever to reach ``alpha``
-  (e.g. one sample per rank from 2 ranks), the verdict rests on the threshold alone and
-  the row says ``untested``.
+  when not. Where a side has too few observations (fewer than 4 rounds, or one value per
+  rank, as a mini run's workflow figures), the row is *untested*: shown with the threshold's
+  verdict but not gated (``gate_untested=True`` gates it on the threshold alone).
 """
-
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from scipy.stats import mannwhitneyu
+from scipy.stats import t as student_t
 
-from simai_core.report.loading import Bench, ReportInputError, Run, as_run
+from simai_core.events import read_events
+from simai_core.fom import Fom
+from simai_core.report.loading import Bench, ReportInputError, Run, as_run, parse_run
 from simai_core.report.units import format_change, format_value, sig
 
 Status = Literal["worse", "better", "noise", "same", "n/a"]
@@ -58,6 +69,15 @@ DEFAULT_ALPHA = 0.01
 #: FOMs (name globs) judged by their absolute difference near zero: the smallest change that matters, in the unit.
 # Skill: identical mini runs here differ by up to 0.08 (gate-check over 45 pairs); a drop of 0.1 is a real one.
 ABS_FLOORS: dict[str, float] = {"*_pct": 1.0, "*skill*": 0.1}
+#: A run's observations are cut into at most this many contiguous blocks, of at least 2 observations each.
+MAX_BLOCKS = 8
+#: Fewer observations than this per run leave a metric untested.
+MIN_OBSERVATIONS = 4
+#: Event kinds of a mini run's sidecar with at least this many events per component become ``events.*`` FOMs.
+MIN_EVENTS = 8
+MetricKey = tuple[str, str]  # (benchmark label, metric)
+#: Between-run noise of a metric: (standard deviation of a run's estimate, degrees of freedom).
+Noise = Mapping[MetricKey, tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,7 @@ class Row:
     p_value: float | None = None  # two-sided Mann-Whitney U; None when untested
     n_samples: tuple[int, int] = (0, 0)  # sample counts, base and new
     floor: float | None = None  # absolute floor of the change, for FOMs judged in their unit
+    untested_why: str = ""  # why no test applies, when untested
 
     @property
     def absolute(self) -> bool:
@@ -222,7 +243,9 @@ def relative_change(base: float, new: float) -> float:
 
 def min_p_value(n1: int, n2: int) -> float:
     """The smallest two-sided p-value an exact Mann-Whitney U test can reach with these sample sizes."""
-    return min(1.0, 2.0 / math.comb(n1 + n2, n1)) if n1 and n2 else 1.0
+    if not (n1 and n2):
+        return 1.0
+    return min(1.0, math.exp(math.log(2.0) - (math.lgamma(n1 + n2 + 1) - math.lgamma(n1 + 1) - math.lgamma(n2 + 1))))
 
 
 def mann_whitney_p(base: Sequence[float], new: Sequence[float], shift: float = 0.0) -> float:
@@ -267,12 +290,106 @@ class Settings:
     gate_stats: bool = True
     noise_aware: bool = True
     null: Literal["margin", "zero"] = "margin"  # the test's null hypothesis: change within the margin, or none
+    test: Literal["run", "rounds"] = "run"  # run-level t test (default), or Mann-Whitney on pooled rounds (earlier)
+    noise: Noise | None = None  # measured between-run noise per metric; None: estimated from each pair
+    gate_untested: bool = False  # untested rows gate on the threshold alone (the earlier rule)
 
 
 def _sample_scale(value: float, samples: Sequence[float]) -> float:
     """How the samples' scale relates to the value's: 1 for a mean or median, 1/N for a sum over N ranks."""
     mid = statistics.median(samples)
     return mid / value if value and mid and (mid > 0) == (value > 0) else 1.0
+
+
+def observations(fom: Fom, ranks: int | None) -> list[float] | None:
+    """A FOM's observations in time order, one per round; None for one value per rank.
+
+    Samples laid out ``ranks_x_rounds`` are folded: the mean of the ranks' values of each round.
+    """
+    samples = fom.samples
+    if not samples or fom.samples_layout == "ranks":
+        return None
+    if fom.samples_layout == "ranks_x_rounds" and ranks and len(samples) % ranks == 0:
+        rounds = len(samples) // ranks
+        return [statistics.fmean(samples[r * rounds + i] for r in range(ranks)) for i in range(rounds)]
+    return list(samples)
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """A run's estimate of a metric: the mean of its observations' block medians, on the test's scale."""
+
+    value: float
+    block_var: float  # variance of the block medians
+    blocks: int
+
+    @property
+    def own_var(self) -> float:
+        """The variance of :attr:`value` from the run's own blocks."""
+        return self.block_var / self.blocks
+
+
+def run_estimate(obs: Sequence[float], log: bool) -> RunEstimate | None:
+    """Cut ``obs`` (time order) into contiguous blocks of at least 2 (at most :data:`MAX_BLOCKS`); None if too few."""
+    xs = [math.log(x) for x in obs] if log else [float(x) for x in obs]
+    if len(xs) < MIN_OBSERVATIONS or not all(math.isfinite(x) for x in xs):
+        return None
+    blocks = max(2, min(MAX_BLOCKS, len(xs) // 2))
+    edges = [round(i * len(xs) / blocks) for i in range(blocks + 1)]
+    medians = [statistics.median(xs[a:b]) for a, b in pairwise(edges)]
+    return RunEstimate(statistics.fmean(medians), statistics.variance(medians), blocks)
+
+
+def log_scale(obs: Sequence[float], floor: float | None) -> bool:
+    """Relative margins are tested on a log scale (positive observations); absolute floors in the unit."""
+    return floor is None and all(x > 0 for x in obs)
+
+
+def run_level_p(base: RunEstimate, new: RunEstimate, margin: float, noise: tuple[float, float] | None) -> float:
+    """p-value of "the two runs' figures differ by no more than ``margin``" (their scale), read as two-sided.
+
+    t = (|new - base| - margin) / sd, where sd^2 adds both estimates' own variance and twice the
+    between-run variance: ``noise`` (sd, degrees of freedom) when measured, else one block's variance
+    of each run. Degrees of freedom by Welch-Satterthwaite.
+    """
+    parts: list[tuple[float, float]]
+    if noise is None:
+        parts = [(base.block_var + base.own_var, base.blocks - 1), (new.block_var + new.own_var, new.blocks - 1)]
+    else:
+        parts = [(base.own_var, base.blocks - 1), (new.own_var, new.blocks - 1), (2 * noise[0] ** 2, noise[1])]
+    excess = abs(new.value - base.value) - margin
+    var = sum(v for v, _ in parts)
+    if var <= 0:
+        return 0.0 if excess > 0 else 1.0
+    df = var**2 / sum(v**2 / d for v, d in parts if v > 0 and d > 0)
+    return min(1.0, 2 * float(student_t.sf(excess / math.sqrt(var), df)))
+
+
+def _test_margin(bv: float, nv: float, margin: float, log: bool, samples: Sequence[float]) -> float:
+    """The margin on the test's scale: log of the relative margin in the change's direction, else in the samples' unit."""
+    if not log:
+        return margin * _sample_scale(bv, samples)
+    rel = margin / abs(bv) if bv else math.inf
+    return math.log1p(rel) if nv >= bv else (-math.log1p(-rel) if rel < 1 else math.inf)
+
+
+def _p_value(key: MetricKey, values: tuple[float, float], obs: tuple[Sequence[float] | None, Sequence[float] | None],
+             margin: float, floor: float | None, cfg: Settings) -> tuple[float | None, str]:
+    """The p-value of the row's test, or None and why none applies."""
+    (bv, nv), (bs, ns) = values, obs
+    if not bs or not ns:
+        return None, "no samples" if bs is None and ns is None else "one value per rank"
+    if cfg.test == "rounds":
+        if min_p_value(len(bs), len(ns)) > cfg.alpha:
+            return None, f"{len(bs)} vs {len(ns)} samples cannot reach alpha"
+        shift = math.copysign(margin * _sample_scale(bv, bs), nv - bv) if cfg.null == "margin" else 0.0
+        return mann_whitney_p(bs, ns, shift), ""
+    log = log_scale(bs, floor) and log_scale(ns, floor)
+    eb, en = run_estimate(bs, log), run_estimate(ns, log)
+    if eb is None or en is None:
+        return None, f"{len(bs)} vs {len(ns)} observations, fewer than {MIN_OBSERVATIONS}"
+    m = _test_margin(bv, nv, margin, log, bs) if cfg.null == "margin" else 0.0
+    return run_level_p(eb, en, m, cfg.noise.get(key) if cfg.noise else None), ""
 
 
 def _pending(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, better: str,
@@ -288,15 +405,12 @@ def _pending(label: str, metric: str, kind: Literal["fom", "stat"], unit: str, b
     change = relative_change(bv, nv)
     floor = floor_for(metric, cfg.floors) if kind == "fom" else None
     margin = max(floor or 0.0, thr / 100.0 * abs(bv))
-    p = None
-    if bs and ns and min_p_value(*sizes) <= cfg.alpha:
-        shift = math.copysign(margin * _sample_scale(bv, bs), nv - bv) if cfg.null == "margin" else 0.0
-        p = mann_whitney_p(bs, ns, shift)
+    p, why = _p_value((label, metric), (bv, nv), (bs, ns), margin, floor, cfg)
     return Row(label, metric, kind, unit, better, bv, nv, change, -change if better == "higher" else change, thr,
-               "same", "", gating, margin, p, sizes, floor)
+               "same", "", gating, margin, p, sizes, floor, why)
 
 
-def _decide(row: Row, significant: bool, noise_aware: bool) -> Row:
+def _decide(row: Row, significant: bool, cfg: Settings) -> Row:
     """The row's status: same within the margin, else worse/better when significant (or untested), else noise."""
     if row.status == "n/a" or row.worse_pct is None:
         return row
@@ -306,22 +420,26 @@ def _decide(row: Row, significant: bool, noise_aware: bool) -> Row:
     size = f"by more than {sig(row.margin)}{' pt' if row.unit == '%' else ''}" if row.absolute \
         else f"by more than {row.threshold_pct:g} %"
     if not row.tested:
-        nb, nn = row.n_samples
-        why = f"{nb} vs {nn} samples cannot reach alpha" if nb and nn else "no samples"
-        return replace(row, status=direction, note=f"{direction} {size}, untested: {why}")
+        if cfg.gate_untested or cfg.test == "rounds":
+            return replace(row, status=direction, note=f"{direction} {size}, untested: {row.untested_why}")
+        return replace(row, status=direction, gating=False,
+                       note=f"{direction} {size}, untested: {row.untested_why} (not gated)")
     p = f"p={row.p_value:.2g}"
-    if significant or not noise_aware:
+    if significant or not cfg.noise_aware:
         return replace(row, status=direction, note=f"{direction} {size} ({p})")
     return replace(row, status="noise", note=f"within noise ({p}, not significant at Holm's level)")
 
 
-def _bench_rows(label: str, b: Bench, n: Bench, cfg: Settings) -> list[Row]:
+def bench_rows(label: str, b: Bench, n: Bench, cfg: Settings) -> list[Row]:
     """Pending rows for one matched pair: every shared FOM, one-sided FOMs, then the round times."""
     rows = []
     for name in (k for k in b.foms if k in n.foms):
         fb, fn = b.foms[name], n.foms[name]
-        rows.append(_pending(label, name, "fom", fb.unit, fb.better, (fb.value, fb.samples), (fn.value, fn.samples),
-                             cfg, True))
+        if cfg.test == "run":
+            obs = observations(fb, b.world_size), observations(fn, n.world_size)
+        else:
+            obs = fb.samples, fn.samples
+        rows.append(_pending(label, name, "fom", fb.unit, fb.better, (fb.value, obs[0]), (fn.value, obs[1]), cfg, True))
     for name in (k for k in {**b.foms, **n.foms} if (k in b.foms) != (k in n.foms)):
         fom = b.foms.get(name) or n.foms[name]
         base, new = (b.foms[name].value, math.nan) if name in b.foms else (math.nan, n.foms[name].value)
@@ -335,11 +453,90 @@ def _bench_rows(label: str, b: Bench, n: Bench, cfg: Settings) -> list[Row]:
     return rows
 
 
+def bench_estimates(bench: Bench, floors: Mapping[str, float]) -> dict[str, RunEstimate]:
+    """Every testable metric's :class:`RunEstimate` in one run, on the scale a comparison tests it."""
+    series: dict[str, tuple[list[float] | None, float | None]] = {
+        name: (observations(fom, bench.world_size), floor_for(name, floors)) for name, fom in bench.foms.items()}
+    for stat in STAT_METRICS:
+        if stat in bench.stats:
+            series[f"time.{stat}"] = (bench.round_times, None)
+    out = {}
+    for name, (obs, floor) in series.items():
+        estimate = run_estimate(obs, log_scale(obs, floor)) if obs else None
+        if estimate is not None:
+            out[name] = estimate
+    return out
+
+
+def event_foms(events: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per (component, kind) with :data:`MIN_EVENTS` events or more: ``events.<component>.<kind>_s``.
+
+    The value is the median duration of one event (s, lower is better); the samples are every
+    event's duration in time order.
+    """
+    groups: dict[tuple[str, str], list[tuple[float, int, float]]] = {}
+    for e in events:
+        dt = e.get("dt_s")
+        if isinstance(dt, int | float) and dt > 0:
+            groups.setdefault((str(e.get("component")), str(e.get("kind"))), []).append(
+                (float(e.get("t0_s") or 0.0), int(e.get("rank") or 0), float(dt)))
+    foms = {}
+    for (component, kind), items in sorted(groups.items()):
+        if len(items) < MIN_EVENTS:
+            continue
+        items.sort()
+        per_rank: dict[int, list[float]] = {}
+        for _, rank, dt in items:
+            per_rank.setdefault(rank, []).append(dt)
+        medians = [statistics.median(v) for v in per_rank.values()]
+        foms[f"events.{component}.{kind}_s"] = {
+            "value": statistics.median(dt for _, _, dt in items), "unit": "s", "better": "lower",
+            "ranks": {"min": min(medians), "mean": statistics.fmean(medians), "max": max(medians)},
+            "samples": [dt for _, _, dt in items], "samples_layout": "rounds"}
+    return foms
+
+
+def with_event_foms(run: Run) -> Run:
+    """``run`` with :func:`event_foms` of each benchmark's event sidecar added to its FOMs (once).
+
+    A mini run measures its workflow figures once (one value per rank): these per-event figures
+    are what a test can use. Runs without sidecars (or whose file is unknown) come back as they are.
+    """
+    data = None
+    for i, bench in enumerate(run.benches):
+        path = run.events_path(bench)
+        if path is None or not path.is_file() or any(name.startswith("events.") for name in bench.foms):
+            continue
+        foms = event_foms(read_events(path))
+        if foms:
+            data = data or copy.deepcopy(run.data)
+            data["benchmarks"][i].setdefault("extra_info", {}).setdefault("fom", {}).update(foms)
+    return run if data is None else parse_run(data, label=run.label, path=run.path)
+
+
+def decide_one(rows: Sequence[Row], index: int, row: Row, cfg: Settings) -> Row:
+    """A pending ``row`` decided in the place of ``rows[index]``, Holm's correction over the others' p-values."""
+    others = [r.p_value for i, r in enumerate(rows) if i != index and r.p_value is not None]
+    if row.p_value is None:
+        return _decide(row, False, cfg)
+    return _decide(row, holm([*others, row.p_value], cfg.alpha)[-1], cfg)
+
+
+def make_settings(threshold_pct: float = 10.0, fail_on: Mapping[str, float] | None = None, *, gate_stats: bool = True,
+                  noise_aware: bool = True, alpha: float = DEFAULT_ALPHA, floors: Mapping[str, float] | None = None,
+                  null: Literal["margin", "zero"] = "margin", test: Literal["run", "rounds"] = "run",
+                  noise: Noise | None = None, gate_untested: bool = False, **_: Any) -> Settings:
+    """The :class:`Settings` that :func:`compare_runs` makes of its options (other options are ignored)."""
+    return Settings(threshold_pct, fail_on, alpha, dict(ABS_FLOORS if floors is None else floors), gate_stats,
+                    noise_aware, null, test, noise, gate_untested)
+
+
 def decide_rows(rows: list[Row], cfg: Settings) -> list[Row]:
     """Decide every row's status, with Holm's correction over the tested rows of one comparison."""
     tested = [i for i, r in enumerate(rows) if r.tested]
-    rejected = dict(zip(tested, holm([rows[i].p_value or 1.0 for i in tested], cfg.alpha), strict=True))
-    return [_decide(r, rejected.get(i, False), cfg.noise_aware) for i, r in enumerate(rows)]
+    p_values = [p if (p := rows[i].p_value) is not None else 1.0 for i in tested]  # p = 0 is a p-value too
+    rejected = dict(zip(tested, holm(p_values, cfg.alpha), strict=True))
+    return [_decide(r, rejected.get(i, False), cfg) for i, r in enumerate(rows)]
 
 
 def _index(run: Run, ignore_backend: bool) -> dict[tuple[str, ...], Bench]:
@@ -394,6 +591,9 @@ def compare_runs(
     alpha: float = DEFAULT_ALPHA,
     floors: Mapping[str, float] | None = None,
     null: Literal["margin", "zero"] = "margin",
+    test: Literal["run", "rounds"] = "run",
+    noise: Noise | None = None,
+    gate_untested: bool = False,
 ) -> Comparison:
     """Compare ``new`` against ``base`` (JSON dicts or loaded runs).
 
@@ -402,12 +602,17 @@ def compare_runs(
     (default :data:`ABS_FLOORS`).
     ``gate_stats=False`` shows round times without failing on them; ``noise_aware=False`` fails on
     any change past the threshold, significant or not; ``alpha`` is the family-wise false-alarm rate
-    of the tests; ``null="zero"`` tests "no change at all" instead of "no change beyond the margin".
+    of the tests; ``null="zero"`` tests "no change at all" instead of "no change beyond the margin";
+    ``test`` chooses the run-level test (default) or the earlier pooled-rounds one; ``noise`` is the
+    between-run noise per (benchmark, metric) that ``gate-check`` measured (else estimated per pair);
+    ``gate_untested`` fails untested rows on the threshold alone.
     Raises :class:`ReportInputError` when no benchmark pairs up by name and backend.
     """
-    cfg = Settings(threshold_pct, fail_on, alpha, dict(ABS_FLOORS if floors is None else floors), gate_stats,
-                   noise_aware, null)
+    cfg = make_settings(threshold_pct, fail_on, gate_stats=gate_stats, noise_aware=noise_aware, alpha=alpha,
+                        floors=floors, null=null, test=test, noise=noise, gate_untested=gate_untested)
     base_run, new_run = as_run(base, "base"), as_run(new, "new")
+    if test == "run":  # the earlier rule predates the per-event figures
+        base_run, new_run = with_event_foms(base_run), with_event_foms(new_run)
     bi, ni = _index(base_run, ignore_backend), _index(new_run, ignore_backend)
     matched = [k for k in bi if k in ni]
     if not matched:
@@ -424,7 +629,7 @@ def compare_runs(
         if why:
             comp.not_comparable.append((_label(b, n), why))
         else:
-            rows.extend(_bench_rows(_label(b, n), b, n, cfg))
+            rows.extend(bench_rows(_label(b, n), b, n, cfg))
     comp.rows = decide_rows(rows, cfg)
     comp.only_base = [bi[k].name for k in bi if k not in ni]
     comp.only_new = [ni[k].name for k in ni if k not in bi]

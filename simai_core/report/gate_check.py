@@ -15,26 +15,45 @@ measured), and the metric counts as detected in that pair when its row is judged
 The largest change seen between runs as measured tells which threshold a metric needs.
 A metric whose injected change is no larger than its own margin (an absolute floor such as
 1 point for a ``%`` FOM near zero) cannot be flagged by design and is counted apart.
+
+**Between-run noise.** :func:`between_run_noise` measures, per metric, how far a run's estimate
+moves from run to run beyond what its own blocks explain; ``compare_runs(noise=...)`` then tests
+with it instead of the per-pair estimate. ``gate_check(runs, calibrate=k)`` measures it on the
+first ``k`` runs and counts false alarms and detections on the pairs of the others only, so that
+the rates are not judged on the runs the noise came from.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from simai_core.report.compare import Comparison, compare_runs
-from simai_core.report.loading import Run, parse_run
+from simai_core.report.compare import (
+    ABS_FLOORS,
+    Comparison,
+    MetricKey,
+    Noise,
+    bench_estimates,
+    bench_rows,
+    compare_runs,
+    decide_one,
+    make_settings,
+    with_event_foms,
+)
+from simai_core.report.loading import Bench, ReportInputError, Run, parse_run, read_json
 from simai_core.report.units import sig
 
-MetricKey = tuple[str, str]  # (benchmark label, metric)
 # Round-time statistics that scale with the round times; ``ops`` scales inversely.
 _SCALED_STATS = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "ld15iqr", "hd15iqr", "total")
 
@@ -167,6 +186,17 @@ def _rows_by_key(comp: Comparison) -> dict[MetricKey, Any]:
     return {(r.benchmark, r.metric): r for r in comp.rows}
 
 
+def inject_bench(bench: Bench, pct: float, metric: str) -> Bench:
+    """A copy of one benchmark with only ``metric`` (a FOM, or ``time.*``: the round times) ``pct`` % worse."""
+    raw = copy.deepcopy(bench.raw)
+    fom = ((raw.get("extra_info") or {}).get("fom") or {}).get(metric)
+    if fom is not None:
+        _scale_fom(fom, pct)
+    elif metric.startswith("time."):
+        _scale_stats(raw["stats"], pct)
+    return parse_run({"benchmarks": [raw]}).benches[0]
+
+
 def _check_pair(report: GateReport, base: Run, new: Run, options: dict[str, Any]) -> None:
     measured = compare_runs(base, new, **options)
     if measured.not_comparable:
@@ -176,10 +206,12 @@ def _check_pair(report: GateReport, base: Run, new: Run, options: dict[str, Any]
     report.false_alarm_pairs += bool(measured.regressions)
     report.false_improvement_pairs += bool(measured.improvements)
     report.detected_pairs += bool(compare_runs(base, inject(new, report.change_pct), **options).regressions)
-    for key, row in _rows_by_key(measured).items():
+    cfg = make_settings(**options)
+    base_benches, new_benches = {b.name: b for b in base.benches}, {b.name: b for b in new.benches}
+    for index, row in enumerate(measured.rows):
         if row.status == "n/a" or not row.gating:
             continue
-        count = report.metrics.setdefault(key, MetricCount())
+        count = report.metrics.setdefault((row.benchmark, row.metric), MetricCount())
         count.pairs += 1
         count.false_alarms += row.status == "worse"
         count.absolute = row.absolute
@@ -189,18 +221,62 @@ def _check_pair(report: GateReport, base: Run, new: Run, options: dict[str, Any]
         if abs(row.new) * report.change_pct / 100 <= row.margin:
             count.below_margin += 1
             continue
-        # The injected metric keeps the benchmark name of the new run (the key's label may read "a -> b").
-        new_name = key[0].split(" -> ")[-1]
-        alone = _rows_by_key(compare_runs(base, inject(new, report.change_pct, (new_name, key[1])), **options))
-        count.detected += alone[key].status == "worse"
+        # The metric alone moved: its row is tested anew, Holm's level from the other rows as measured.
+        base_name, _, new_name = row.benchmark.partition(" -> ")
+        worse = inject_bench(new_benches[new_name or base_name], report.change_pct, row.metric)
+        [pending] = [r for r in bench_rows(row.benchmark, base_benches[base_name], worse, cfg) if r.metric == row.metric]
+        count.detected += decide_one(measured.rows, index, pending, cfg).status == "worse"
 
 
-def gate_check(runs: Sequence[Run], change_pct: float = 25.0, **options: Any) -> GateReport:
-    """Count false alarms and detections over every pair of ``runs`` (options go to :func:`compare_runs`)."""
+def between_run_noise(runs: Sequence[Run], floors: dict[str, float] | None = None) -> Noise:
+    """Per (benchmark, metric) in every run: (sd, degrees of freedom) of a run's estimate between runs.
+
+    The variance of the runs' estimates less the mean of their own (block) variances, never below
+    zero; ``len(runs) - 1`` degrees of freedom. Needs two runs or more.
+    """
+    per_run = [{(b.name, m): e for b in with_event_foms(run).benches
+                for m, e in bench_estimates(b, ABS_FLOORS if floors is None else floors).items()} for run in runs]
+    noise = {}
+    for key in set.intersection(*(set(r) for r in per_run)) if len(per_run) > 1 else set():
+        values = [r[key].value for r in per_run]
+        between = statistics.variance(values) - statistics.fmean(r[key].own_var for r in per_run)
+        noise[key] = (max(0.0, between) ** 0.5, float(len(runs) - 1))
+    return noise
+
+
+def gate_check(runs: Sequence[Run], change_pct: float = 25.0, calibrate: int = 0, **options: Any) -> GateReport:
+    """Count false alarms and detections over every pair of ``runs`` (options go to :func:`compare_runs`).
+
+    With ``calibrate=k``, the first ``k`` runs measure the between-run noise (:func:`between_run_noise`)
+    that the comparisons then use, and only the pairs of the other runs are counted.
+    """
     report = GateReport(change_pct)
+    if options.get("test", "run") == "run":
+        runs = [with_event_foms(run) for run in runs]
+    if calibrate:
+        if calibrate < 2 or len(runs) - calibrate < 2:
+            raise ValueError(f"calibrating on {calibrate} of {len(runs)} runs leaves too few on one side (2 each)")
+        options = {**options, "noise": between_run_noise(runs[:calibrate], options.get("floors"))}
+        report.notes.append(f"between-run noise measured on runs 1-{calibrate}; pairs of runs {calibrate + 1}-{len(runs)}")
+        runs = runs[calibrate:]
     for i, j in combinations(range(len(runs)), 2):
         report.pairs.append((runs[i].label, runs[j].label))
         _check_pair(report, runs[i], runs[j], options)
     if not report.pairs:
         report.notes.append("fewer than two runs: nothing to pair")
     return report
+
+
+def write_noise(path: Path, noise: Noise) -> None:
+    """Write measured between-run noise as JSON (a list of benchmark, metric, sd, df), for ``compare --noise``."""
+    rows = [{"benchmark": b, "metric": m, "sd": sd, "df": df} for (b, m), (sd, df) in sorted(noise.items())]
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def read_noise(path: Path) -> Noise:
+    """Read what :func:`write_noise` wrote; a bad file raises :class:`ReportInputError`."""
+    data = read_json(path)
+    try:
+        return {(str(r["benchmark"]), str(r["metric"])): (float(r["sd"]), float(r["df"])) for r in data}
+    except (TypeError, KeyError, ValueError):
+        raise ReportInputError(f"{path}: not a noise file (a list of benchmark, metric, sd, df)") from None
