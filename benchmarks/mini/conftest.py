@@ -43,7 +43,7 @@ _STEERING_OPTIONS: dict[str, tuple[Any, str]] = {
     "--simai-steering-tolerance": ("0.05", "steering: target, largest normalised parameter error (default 0.05)"),
     "--simai-steering-field-size": ("64KiB", "steering: size of each simulation's field, 16KiB to 16MiB (sets the "
                                              "grid; CG cost grows as its cube: 16MiB takes minutes per simulation)"),
-    "--simai-steering-deadline": ("240", "steering: seconds one run may take before it is stopped (default 240)"),
+    "--simai-steering-deadline": ("600", "steering: seconds one run may take before it is stopped (default 600)"),
 }
 
 
