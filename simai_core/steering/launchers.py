@@ -130,7 +130,8 @@ class MpiexecLauncher:
         return handle
 
     def finished(self, sim: int) -> None:
-        """Nothing to free."""
+        """Reap the simulations' processes that ended (no zombie piles up over a long run)."""
+        self._handles = [h for h in self._handles if h.exit_code() is None]
 
     def close(self) -> None:
         for handle in self._handles:
