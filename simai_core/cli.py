@@ -99,6 +99,14 @@ def _gate_options(cmd: argparse.ArgumentParser) -> None:
                      help="fail on any change past the threshold, significant or not")
     cmd.add_argument("--ignore-backend", action="store_true",
                      help="match benchmarks regardless of backend (to compare two backends' runs)")
+    cmd.add_argument("--test", choices=("run", "rounds"), default="run",
+                     help="run: runs are the unit, with a between-run noise term (default); "
+                          "rounds: the earlier Mann-Whitney test of pooled rounds")
+    cmd.add_argument("--noise", type=Path, default=None, metavar="FILE",
+                     help="between-run noise per metric, measured by gate-check --write-noise (default: "
+                          "estimated from each pair's own blocks of rounds)")
+    cmd.add_argument("--gate-untested", action="store_true",
+                     help="fail untested figures (too few rounds, one value per rank) on the threshold alone")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="synthetic change injected into the newer run of each pair (default 25%%)")
     gate.add_argument("--all-metrics", action="store_true", help="list every metric, not only those with a miss")
     gate.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the counts as JSON")
+    gate.add_argument("--calibrate", type=int, default=0, metavar="K",
+                      help="measure the between-run noise on the first K runs and count the pairs of the others")
+    gate.add_argument("--write-noise", type=Path, default=None, metavar="FILE",
+                      help="write the between-run noise of all the runs, for compare --noise")
     gate.add_argument("--suggest", action="store_true",
                       help="print --fail-on/--floor options wide enough for the changes seen between these runs")
     _gate_options(gate)
@@ -194,20 +206,32 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def _compare_options(args: argparse.Namespace) -> dict[str, Any]:
     from simai_core.report.compare import ABS_FLOORS, DEFAULT_ALPHA
+    from simai_core.report.gate_check import read_noise
 
     return {"threshold_pct": args.threshold, "fail_on": dict(args.fail_on), "gate_stats": not args.ignore_stats,
             "ignore_backend": args.ignore_backend, "noise_aware": not args.no_noise,
             "alpha": DEFAULT_ALPHA if args.alpha is None else args.alpha, "floors": {**ABS_FLOORS, **dict(args.floor)},
-            "null": args.null}
+            "null": args.null, "test": args.test, "gate_untested": args.gate_untested,
+            "noise": None if args.noise is None else read_noise(args.noise)}
 
 
 def cmd_gate_check(args: argparse.Namespace, console: Console) -> int:
     """Count false alarms and detections over every pair of the runs; 1 when the target is missed."""
-    from simai_core.report.gate_check import gate_check
+    from simai_core.report.gate_check import between_run_noise, gate_check, write_noise
 
     if len(args.runs) < 2:
         raise UsageError("gate-check needs two or more runs")
-    report = gate_check(_load(args.runs, args.storage), args.change, **_compare_options(args))
+    runs = _load(args.runs, args.storage)
+    options = _compare_options(args)
+    if args.write_noise is not None:
+        try:
+            write_noise(args.write_noise, between_run_noise(runs, options["floors"]))
+        except OSError as exc:
+            raise SimaiError(f"{args.write_noise}: cannot write ({exc.strerror or exc})") from None
+    try:
+        report = gate_check(runs, args.change, calibrate=args.calibrate, **options)
+    except ValueError as exc:
+        raise UsageError(f"--calibrate {args.calibrate}: {exc}") from None
     report.render(console, all_metrics=args.all_metrics)
     if args.suggest and report.suggestions():
         console.print("options that let these runs' changes through (1.5x the largest): "

@@ -47,7 +47,9 @@ def test_compare_with_itself_exits_0(base):
 
 def test_compare_fifty_percent_worse_exits_1_and_names_fom_and_benchmark(tmp_path, base, micro):
     new = _write(tmp_path / "new.json", samples.worsen(micro, "get_GBps", 50, bench_index=2))
-    code, out = run_cli("compare", base, new)
+    code, out = run_cli("compare", base, new)  # no samples: shown as worse, untested, not gated
+    assert code == 0 and "untested: no samples (not gated)" in out
+    code, out = run_cli("compare", base, new, "--gate-untested")
     assert code == 1
     assert "REGRESSION test_put_get[filesystem-get-1KiB] get_GBps" in out
     assert "FAIL: 1 regression(s)" in out
@@ -62,10 +64,11 @@ def test_compare_fifty_percent_better_exits_0_as_improvement(tmp_path, base, mic
 
 def test_threshold_and_fail_on_options(tmp_path, base, micro):
     new = _write(tmp_path / "new.json", samples.worsen(micro, "put_GBps", 7))
-    assert run_cli("compare", base, new)[0] == 0
-    assert run_cli("compare", base, new, "--threshold", "5%")[0] == 1
-    assert run_cli("compare", base, new, "--fail-on", "put_GBps:5%")[0] == 1
-    assert run_cli("compare", base, new, "--fail-on", "get_GBps:5%", "--fail-on", "*_latency_s:1")[0] == 0
+    gate = ("--gate-untested",)  # no samples: the threshold alone decides
+    assert run_cli("compare", base, new, *gate)[0] == 0
+    assert run_cli("compare", base, new, "--threshold", "5%", *gate)[0] == 1
+    assert run_cli("compare", base, new, "--fail-on", "put_GBps:5%", *gate)[0] == 1
+    assert run_cli("compare", base, new, "--fail-on", "get_GBps:5%", "--fail-on", "*_latency_s:1", *gate)[0] == 0
 
 
 def test_noise_can_be_switched_off(tmp_path, micro):
@@ -78,10 +81,10 @@ def test_noise_can_be_switched_off(tmp_path, micro):
     code, out = run_cli("compare", *paths)
     assert code == 0 and "within noise (p=" in out and "1 within noise" in out
     assert run_cli("compare", *paths, "--no-noise")[0] == 1
-    # A stricter false-alarm rate keeps it noise, down to where 6 vs 6 samples cannot reach it (2/924):
-    # then the row is untested and judged on the threshold alone.
-    assert run_cli("compare", *paths, "--alpha", "0.005")[0] == 0
-    code, out = run_cli("compare", *paths, "--alpha", "0.001")
+    # The earlier pooled test: a stricter false-alarm rate keeps it noise, down to where 6 vs 6 samples
+    # cannot reach it (2/924): then the row is untested and, with --gate-untested, judged on the threshold.
+    assert run_cli("compare", *paths, "--alpha", "0.005", "--test", "rounds")[0] == 0
+    code, out = run_cli("compare", *paths, "--alpha", "0.001", "--test", "rounds")
     assert code == 1 and "untested: 6 vs 6 samples cannot reach alpha" in out
     # A tight-scatter copy is flagged.
     f["samples"] = samples.scattered(f["value"], 10, 0.01, 1)
@@ -107,7 +110,7 @@ def test_percent_and_ratio_floors(tmp_path):
     paths = _write(tmp_path / "b.json", mini), _write(tmp_path / "n.json", new)
     code, out = run_cli("compare", *paths)
     assert code == 0 and "+0.800 pt" in out
-    code, out = run_cli("compare", *paths, "--floor", "sim_*:0.5")
+    code, out = run_cli("compare", *paths, "--floor", "sim_*:0.5", "--gate-untested")
     assert code == 1 and "sim_data_pct" in out and "by more than 0.600 pt" in out  # 10 % of 6 points, above the 0.5 floor
 
 
@@ -115,7 +118,8 @@ def test_gate_check_counts_false_alarms_and_detections(tmp_path):
     micro = samples.micro_run(sizes=(1024,))
     runs = [_write(tmp_path / f"run{i}.json", samples.with_samples(micro, n=10, scatter=0.03, seed=i))
             for i in range(5)]
-    code, out = run_cli("gate-check", *runs, "--json", str(tmp_path / "gate.json"))
+    # Rounds of these runs are exchangeable (no run effect): the earlier pooled test holds its rate here.
+    code, out = run_cli("gate-check", *runs, "--json", str(tmp_path / "gate.json"), "--test", "rounds")
     assert code == 0, out
     assert "false alarms: 0 of 10 pairs" in out and "every figure 25 % worse: 10 of 10 pairs" in out
     counts = json.loads((tmp_path / "gate.json").read_text())
@@ -126,14 +130,14 @@ def test_gate_check_counts_false_alarms_and_detections(tmp_path):
     # Every run's rounds carry samples; each metric moved alone is caught in (nearly) every pair.
     assert all(m["detected"] >= 9 for m in counts["metrics"].values())
     # A change no larger than the threshold is not a regression: nothing to detect, and gate-check says so.
-    code, out = run_cli("gate-check", *runs, "--change", "5")
+    code, out = run_cli("gate-check", *runs, "--change", "5", "--test", "rounds")
     assert code == 1 and "every figure 5 % worse: 0 of 10 pairs" in out
 
 
 def test_several_new_runs_each_against_base_and_machine_warning(tmp_path, base, micro):
     other = samples.worsen(micro, "put_GBps", 50)
     other["machine_info"]["node"] = "node-b"
-    code, out = run_cli("compare", base, base, _write(tmp_path / "other.json", other))
+    code, out = run_cli("compare", base, base, _write(tmp_path / "other.json", other), "--gate-untested")
     assert code == 1
     assert "base.json#2 vs base.json#1" in out and "other.json vs base.json#1" in out
     assert "warning: the runs come from different machines (node 'node-a' vs 'node-b'" in out
@@ -143,12 +147,12 @@ def test_gate_check_names_noisy_figures_and_suggests_thresholds(tmp_path):
     # Three runs without samples (judged on the threshold alone); the third's put_GBps 20 % lower.
     run = samples.micro_run(backends=("redis",), sizes=(1024,))
     runs = [_write(tmp_path / f"r{i}.json", doc) for i, doc in enumerate((run, run, samples.worsen(run, "put_GBps", 20)))]
-    code, out = run_cli("gate-check", *runs, "--suggest")
+    code, out = run_cli("gate-check", *runs, "--suggest", "--gate-untested")
     assert code == 1 and "false alarms: 2 of 3 pairs" in out
     row = next(line for line in out.splitlines() if "put_GBps" in line)
     assert "│            2 │" in row and "20.0 %" in row  # two false alarms, the largest change 20 %
     assert "--fail-on 'put_GBps:30%'" in out
-    code, out = run_cli("gate-check", *runs, "--fail-on", "put_GBps:30%")
+    code, out = run_cli("gate-check", *runs, "--fail-on", "put_GBps:30%", "--gate-untested")
     assert code == 0 and "false alarms: 0 of 3 pairs" in out and "25 % worse: 3 of 3 pairs" in out
 
 
@@ -208,8 +212,8 @@ def test_storage_run_ids(tmp_path, micro, capsys):
     storage = tmp_path / ".benchmarks"
     _write(storage / MACHINE_DIR / "0001_abc_20240501_120000.json", micro)
     _write(storage / MACHINE_DIR / "0002_def_20240502_120000.json", samples.worsen(micro, "put_GBps", 50))
-    assert run_cli("compare", "0001", "2", "--storage", str(storage))[0] == 1
-    assert run_cli("compare", "0001", "latest", "--storage", str(storage))[0] == 1
+    assert run_cli("compare", "0001", "2", "--storage", str(storage), "--gate-untested")[0] == 1
+    assert run_cli("compare", "0001", "latest", "--storage", str(storage), "--gate-untested")[0] == 1
     assert run_cli("compare", f"{MACHINE_DIR}/0001", "0001", "--storage", str(storage))[0] == 0
     assert run_cli("compare", str(storage / MACHINE_DIR / "0001_abc_20240501_120000.json"), "0001",
                    "--storage", str(storage))[0] == 0
@@ -286,3 +290,17 @@ def test_summary_names_the_best_and_worst_ratio_and_writes_the_report(tmp_path, 
 def _ratio(line: str) -> float:
     """``... redis get 1MiB: 0.93x of raw (...)`` -> 0.93."""
     return float(line.split(": ")[-1].split("x of raw")[0])
+
+
+def test_gate_check_measures_the_between_run_noise_for_compare(tmp_path):
+    micro = samples.micro_run(backends=("redis",), sizes=(1024,))
+    runs = [_write(tmp_path / f"run{i}.json", samples.with_samples(micro, n=10, scatter=0.03, seed=i))
+            for i in range(6)]
+    noise = tmp_path / "noise.json"
+    code, out = run_cli("gate-check", *runs, "--calibrate", "3", "--write-noise", str(noise))
+    assert "between-run noise measured on runs 1-3" in out and "of 3 pairs" in out
+    assert code in (0, 1) and json.loads(noise.read_text())[0]["df"] == 5
+    worse = _write(tmp_path / "worse.json", samples.worsen(json.loads(Path(runs[1]).read_text()), "put_GBps", 40))
+    code, out = run_cli("compare", runs[0], worse, "--noise", str(noise))
+    assert code == 1 and "REGRESSION test_put_get[redis-put-1KiB] put_GBps" in out
+    assert run_cli("gate-check", *runs, "--calibrate", "5")[0] == 2
