@@ -231,10 +231,7 @@ def test_staging_directory_removed_mid_run(name, tmp_path, leftovers):
     assert {r.component for r in result.reports if r.error} == {"sim", "train"}, result.errors
     assert elapsed < RUN_DEADLINE_S
     assert not path.exists() and leftovers.remaining() == []
-    unclear = [e for e in result.errors if str(path) not in e]
-    if unclear and all("No such file or directory" in e for e in unclear):  # files.py: see the issue-14 faults report
-        pytest.xfail(f"the error does not name the removed staging directory: {unclear[0][:200]}")
-    assert not unclear
+    assert all(f"staging directory {path} was removed" in e for e in result.errors), result.errors
 
 
 @pytest.fixture

@@ -165,6 +165,11 @@ class _Directory:
         self.fd = -1
         self._finalizer()
 
+    def check_present(self) -> None:
+        """Raise if the directory was removed while open (a removed directory has no links left)."""
+        if os.fstat(self.fd).st_nlink == 0:
+            raise FileNotFoundError(f"The staging directory {self.root} was removed while the run used it")
+
     def replace(self, tmp: str, name: str) -> None:
         """Put the file ``tmp`` under ``name`` in one step, and remove the file that was there."""
         if self.exchange:
@@ -238,6 +243,7 @@ class FileClient(StagingClient):
         try:
             fd = os.open(_NPY[key], _READ, dir_fd=self._dir.fd)
         except FileNotFoundError:
+            self._dir.check_present()  # a missing key, not a missing store
             return None
         try:
             if out is not None and self._read_expected(fd, key, out):
@@ -253,6 +259,7 @@ class FileClient(StagingClient):
         try:
             fd = os.open(_BIN[key], _READ, dir_fd=self._dir.fd)
         except FileNotFoundError:
+            self._dir.check_present()
             return None
         try:
             return _read_to_end(fd, os.fstat(fd).st_size)
@@ -260,8 +267,11 @@ class FileClient(StagingClient):
             os.close(fd)
 
     def exists(self, key: str) -> bool:
-        return ((self.in_place and self._exists(_SLOTS[key])) or self._exists(_NPY[key])
-                or self._exists(_BIN[key]))
+        found = ((self.in_place and self._exists(_SLOTS[key])) or self._exists(_NPY[key])
+                 or self._exists(_BIN[key]))
+        if not found:
+            self._dir.check_present()
+        return found
 
     def _exists(self, name: str) -> bool:
         try:
@@ -358,6 +368,8 @@ class FileClient(StagingClient):
                 os.unlink(tmp, dir_fd=dir_fd)
             if _is_full(exc):
                 raise self._full(key) from None
+            if exc.errno == errno.ENOENT:
+                self._dir.check_present()
             raise
 
 
