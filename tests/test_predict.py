@@ -2,7 +2,7 @@
 
 The last test runs the real micro and mini benchmarks (``mpiexec -n 4``, redis and nodelocal,
 medium problem, 16 sync steps) and checks the predicted simulation traffic per sync step against
-the measured one; select it with ``-m mini`` (about 4 minutes on 2 cores).
+the measured one; select it with ``-m mini`` (3 to 5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -357,14 +357,15 @@ def test_cli_check_needs_a_mini_run(micro_json, capsys):
 
 # --- against the real benchmarks -----------------------------------------------------------------------------------
 
-#: Measured on this machine (2 cores shared with other work, load average 27-36; see the README's "Predicting a
-#: workflow"), the predicted simulation data traffic (the medium problem's 2 MiB snapshot puts, where bytes outweigh
-#: latency) was within these factors of the measured one: redis 1.0-1.2x, nodelocal 2.8-5.4x low (its micro
-#: put overwrites one key in place, reusing the file's pages; the workflow puts every snapshot under a new key). The
-#: whole simulation traffic was 1.2-6.5x low (the control calls, each made after the step's idle time, pay a wake-up
-#: latency that the micro run's back-to-back calls do not): ``TRAFFIC_BOUND``.
-DATA_BOUND = {"redis": 2.0, "nodelocal": 8.0}
-TRAFFIC_BOUND = 10.0
+#: Measured on this machine (2 cores shared with other agents' jobs, load average 10-21), predicted / measured for
+#: the simulation per sync step, with the cold-call (busy neighbours) and fresh-key micro variants, in four runs of
+#: this test: data (the medium problem's 2 MiB snapshot puts) redis 0.64-1.52x, nodelocal 0.62-1.33x; all traffic
+#: redis 0.52-0.95x, nodelocal 0.57-1.14x. One more run, before the sweep had 2 MiB, priced the redis put from
+#: the 1 and 4 MiB points, whose means swing (a 4 MiB put's samples: 7 to 29 ms) and came out 4.4x (data) and 3.5x
+#: (traffic) high: hence 2 MiB in the sweep. The bounds leave room for the shared machine's noise and still fail a
+#: model that leaves out the fresh keys (the earlier model: nodelocal data 2.8-5.4x low) or a 4x error.
+DATA_BOUND = {"redis": 2.0, "nodelocal": 2.0}
+TRAFFIC_BOUND = 3.0
 
 
 def _mpiexec(np_: int, *args: str, timeout: float) -> None:
@@ -389,8 +390,9 @@ def test_prediction_against_the_mini_run(tmp_path):
     pytest.importorskip("mpipartition")
     micro, mini = tmp_path / "micro.json", tmp_path / "mini.json"
     _mpiexec(4, "benchmarks/micro/test_putget.py", "benchmarks/micro/test_metadata.py", "benchmarks/micro/test_checkpoint.py",
-             "-m", "micro and (redis or nodelocal)", "--simai-sizes", "64B,1KiB,64KiB,1MiB,4MiB", "--simai-rounds", "10",
-             "--benchmark-json", str(micro), timeout=240)
+             "-m", "micro and (redis or nodelocal)", "--simai-sizes", "64B,1KiB,64KiB,1MiB,2MiB,4MiB", "--simai-rounds", "10",
+             "-k", "not idle", "--simai-idle", "0.2",  # cold calls: with busy neighbours (the ones predict uses), the step time
+             "--benchmark-json", str(micro), timeout=300)
     _mpiexec(4, "benchmarks/mini", "-m", "mini and (redis or nodelocal)", "-k", "clustered and mlp",
              "--simai-problem-size", "medium", "--simai-step-time", "0.2", "--simai-train-interval", "2",
              "--simai-max-steps", "31", "--simai-allow-unconverged", "--benchmark-json", str(mini), timeout=300)
