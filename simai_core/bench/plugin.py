@@ -35,7 +35,7 @@ LEVELS = ("micro", "mini", "full")
 MOTIFS = ("motif6", "steering")
 _MARKERS = {
     "micro": "micro benchmark: one staging operation at a time",
-    "mini": "mini benchmark: a whole workflow with emulated components",
+    "mini": "mini benchmark: a whole workflow with emulated or cheap components",
     "full": "full benchmark: a workflow coupled to a real solver",
     "motif6": "motif 6: online training of a surrogate from a running simulation",
     "steering": "steering: an AI learner chooses the next simulations of an ensemble",
