@@ -82,6 +82,8 @@ test: setup lint
 	  --simai-idle 0.1 --benchmark-json $(RESULTS)/ci-micro-np$(NP).json
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest benchmarks/mini -q -m "mini and adios2" -k mlp \
 	  --simai-problem-size debug --simai-step-time 0.1 --benchmark-json $(RESULTS)/ci-mini-sst-np$(NP).json
+	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest benchmarks/full -q -m "full and nodelocal" \
+	  -k "clustered and not streamed" --simai-full-size debug --benchmark-json $(RESULTS)/ci-full-np$(NP).json
 	timeout $(MPI_TIMEOUT) $(MPIEXEC) -n $(NP) $(PY) -m pytest benchmarks/mini -q -m "steering and redis" \
 	  --simai-steering-launchers pool,mpiexec --simai-steering-modes streaming --simai-steering-field-size 16KiB \
 	  --simai-steering-seeds 0 --benchmark-json $(RESULTS)/ci-mini-steering-np$(NP).json

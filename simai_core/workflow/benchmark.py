@@ -82,16 +82,22 @@ def run_benchmark(benchmark: Any, backend: str, staging_pool: Any, simai_run: An
     world = mpi.world()
     shared = staging_pool.address(backend)
     deployment = cfg.deployment
+    dragon_ranks = config.getoption("--simai-dragon-ranks") if backend == "dragon" else None
 
     def run_once() -> WorkflowResult:
+        if dragon_ranks:  # ranks of an mpiexec the Dragon runtime starts, on the session's DDict
+            from simai_core.staging.dragon_mpi import run_workflow as run_on_dragon_ranks
+
+            return run_on_dragon_ranks(cfg, shared, dragon_ranks, tmp_path, profile_backend=simai_profile.ddp_backend)
         scope = (colocated_address(backend, shared, world, simai_profile, tmp_path) if deployment == "colocated"
                  else nullcontext(shared))
         with scope as address:
             return run_workflow(cfg, backend, address, tmp_path, world=world, profile_backend=simai_profile.ddp_backend)
 
     result = benchmark.pedantic(run_once, rounds=1, iterations=1)
+    size = {"world_size": result.world_size} if dragon_ranks else {}
     return record_workflow(benchmark, config, request, tmp_path, cfg, result,
-                           lambda params, **extra: simai_run(backend, params, deployment=deployment, **extra),
+                           lambda params, **extra: simai_run(backend, params, deployment=deployment, **extra, **size),
                            allow_unconverged)
 
 
@@ -167,8 +173,9 @@ def record_workflow(benchmark: Any, config: pytest.Config, request: pytest.Fixtu
         sim0 = next(r for r in result.reports if r.component == "sim")
         extra["solver"] = {k: sim0.detail[k] for k in ("global_shape", "topology", "dt_ms", "cfl_limit_ms", "sources")
                            if k in sim0.detail}
+    elsewhere = result.mode == "mpi" and result.world_size != mpi.size()  # ranks a Dragon runtime started
     foms = record(benchmark, run_info(params, **extra), result.local_foms(), FULL_FOMS if full else MOTIF6_FOMS,
-                  measured=measured)
+                  measured=measured, ranks=result.per_rank_foms() if elsewhere else None)
     check_run(foms, outcome, allow_unconverged)
     return foms
 
