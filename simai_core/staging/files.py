@@ -459,7 +459,7 @@ class _Slots:
         parts: tuple[Any, ...] = (_seq_block(generation), header, arr)
         written = os.pwritev(self.fd, parts, offset)
         if written != need:
-            _pwrite_rest(self.fd, parts, written, offset)
+            _write_rest(self.fd, parts, written, offset)
         os.pwrite(self.fd, _gray(generation), 8)
 
     def read(self, out: np.ndarray | None, expected: bytes | None) -> np.ndarray:
@@ -506,20 +506,21 @@ class _Slots:
         return got if os.pread(self.fd, 8, offset) == gray else None
 
 
-def _pwrite_rest(fd: int, parts: tuple[Any, ...], written: int, offset: int) -> None:
-    """Finish a ``pwritev`` the kernel cut short (over 2 GiB)."""
+def _write_rest(fd: int, parts: tuple[Any, ...], written: int, offset: int | None = None) -> None:
+    """Finish a ``writev`` (``offset`` None) or a ``pwritev`` at ``offset`` that the kernel cut short (over 2 GiB)."""
     views = [_bytes_view(p) for p in parts]
-    position = offset + written
+    position = None if offset is None else offset + written
     while True:
         while views and written >= len(views[0]):
             written -= len(views.pop(0))
         if not views:
             return
         views[0] = views[0][written:]
-        written = os.pwritev(fd, views, position)
+        written = os.writev(fd, views) if position is None else os.pwritev(fd, views, position)
         if not written:
             raise OSError(errno.EIO, "write made no progress")
-        position += written
+        if position is not None:
+            position += written
 
 
 class FileRaw(RawReference):
@@ -659,18 +660,8 @@ def _preadv_all(fd: int, key: str, buffer: Any, offset: int) -> None:
 def _writev_all(fd: int, parts: tuple[Any, ...], nbytes: int) -> None:
     """One writev of every part (``nbytes`` in all); more only if the kernel takes less (over 2 GiB)."""
     written = os.writev(fd, parts)
-    if written == nbytes:
-        return
-    views = [_bytes_view(p) for p in parts]
-    while True:
-        while views and written >= len(views[0]):
-            written -= len(views.pop(0))
-        if not views:
-            return
-        views[0] = views[0][written:]
-        written = os.writev(fd, views)
-        if not written:
-            raise OSError(errno.EIO, "write made no progress")
+    if written != nbytes:
+        _write_rest(fd, parts, written)
 
 
 def _bytes_view(buffer: Any) -> memoryview:
