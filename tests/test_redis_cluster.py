@@ -146,7 +146,8 @@ def test_micro_benchmarks_run_on_three_shards_under_mpi(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "OMPI_", "HYDRA_", "MPI_"))}
     proc = subprocess.run([str(MPIEXEC), "-n", "4", sys.executable, "-m", "pytest", "benchmarks/micro",
                            "-m", "micro and redis", "--simai-redis-shards", "3", "--simai-sizes", "1KiB,1MiB",
-                           "--simai-rounds", "3", "--simai-idle", "0.1", "-q", "-p", "no:cacheprovider", "--benchmark-json", str(out)],
+                           "--simai-rounds", "3", "--simai-idle", "0.1",
+                           "-q", "-p", "no:cacheprovider", "--benchmark-json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     benches = json.loads(out.read_text())["benchmarks"]
