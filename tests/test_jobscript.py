@@ -174,7 +174,8 @@ def test_a_generated_script_runs_here_to_a_benchmark_json(tmp_path, profile):
     scheduler = "pbs" if profile == "polaris" else "slurm"
     results = tmp_path / "results"
     script = tmp_path / "job.sh"
-    args = ("benchmarks/micro/test_metadata.py", "-m", "micro and nodelocal", "-k", "exists", "--simai-rounds", "3",
+    args = ("benchmarks/micro/test_metadata.py", "-m", "micro and nodelocal", "-k", "exists and not cold",
+            "--simai-rounds", "3",
             "--simai-staging-path", "/dev/shm", "-p", "no:cacheprovider", "-q")
     script.write_text(render(request(profile, 2, 2, pytest_args=args, workdir=ROOT, results=results)))
     shim = tmp_path / "launcher"
