@@ -412,7 +412,9 @@ def test_prediction_against_the_mini_run(tmp_path):
         # The op mix is the workflow's: what the simulation sent and fetched has the predicted size.
         events = [json.loads(line) for line in mini_run.events_path(res.bench).read_text().splitlines()]  # type: ignore[union-attr]
         fetched = {e["nbytes"] for e in events if e["kind"] == "checkpoint" and e.get("what") == "fetch"}
-        assert fetched <= {pred.shape.checkpoint_nbytes}
+        # TorchScript's archive (its debug records) can differ by a few hundred bytes between a fresh process
+        # and this long-lived one that has scripted other models: the size must match to 1 %.
+        assert all(abs(n - pred.shape.checkpoint_nbytes) <= 0.01 * n for n in fetched), (fetched, pred.shape)
         sent = {e["nbytes"] for e in events if e["component"] == "sim" and e["kind"] == "data"}
         assert sent == {pred.shape.snapshot_nbytes}
         assert np.isfinite(pred.time_to_solution_s)
