@@ -151,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks-per-sim", type=int, default=1)
     parser.add_argument("--deadline", type=float, default=None, help="pool: give up at this epoch time")
     args = parser.parse_args(argv)
-    from mpi4py import MPI
-
+    from simai_core import mpi
     from simai_core.staging import registry
+
+    world = mpi.world()  # unlinks MPICH's /dev/shm names at once: a killed simulation leaves none behind
 
     address = os.environ.pop(ADDRESS_ENV, None)
     if not address:
@@ -162,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = SteerKeys(args.run_id)
     try:
         if args.mode == "run":
-            run_simulation(client, keys, args.number, MPI.COMM_WORLD, time.time())
+            run_simulation(client, keys, args.number, world, time.time())
             return 0
-        world = MPI.COMM_WORLD
         group = world.Split(world.Get_rank() // args.ranks_per_sim, world.Get_rank())
         worker = args.number + world.Get_rank() // args.ranks_per_sim
         pool_loop(client, keys, worker, group, args.deadline or time.time() + 3600)
