@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +105,15 @@ def test_fast_path_matches_devito_apply():
     slow._op.apply(time_m=0, time_M=25 * k - 1, dt=np.float32(slow.dt_ms))
     assert np.abs(fast.local_u(25 * k)).max() > 0
     np.testing.assert_array_equal(fast.local_u(25 * k), slow.local_u(25 * k))
+
+
+def test_compile_cache_is_reported_cold_then_warm(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # an empty private cache
+    first = AcousticSolver(AcousticConfig(seed=11), MPI.COMM_SELF, (24, 24), 5, 1)
+    first.compile()
+    second = AcousticSolver(AcousticConfig(seed=11), MPI.COMM_SELF, (24, 24), 5, 1)
+    second.compile()
+    assert (first.compile_cache, second.compile_cache) == ("cold", "warm")
+    cache = Path(second.detail()["compile_cache_dir"])
+    assert cache.parent == tmp_path / f"simai-devito-{getpass.getuser()}" and list(cache.glob("*.so"))
+    assert (cache.parent.stat().st_mode & 0o777) == 0o700
