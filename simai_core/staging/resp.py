@@ -2,6 +2,7 @@
 
 A value goes out without a copy: the RESP header, then the caller's buffer itself, on a
 ``TCP_NODELAY`` socket. A bulk reply lands straight in the caller's buffer (``recv_into``).
+A ``unix://PATH`` address (as SmartRedis writes one) takes a Unix domain socket instead.
 redis-py with hiredis copies a value once on the way out (``pack_command``) and once or twice
 on the way in (a ``bytes`` object, then the caller's copy), which costs 2-7x at MiB sizes here.
 
@@ -35,6 +36,7 @@ class RespError(RuntimeError):
 
 SLOTS = 16384  # hash slots of a Redis Cluster
 CLUSTER_SCHEME = "redis+cluster"  # a Redis Cluster, reached through any of its nodes (the seed)
+UNIX_SCHEME = "unix://"  # a server's Unix domain socket: unix:///path/to/redis.sock (no password)
 
 
 def parse_address(address: str) -> tuple[str, int, str | None]:
@@ -43,6 +45,11 @@ def parse_address(address: str) -> tuple[str, int, str | None]:
     if url.scheme not in ("redis", CLUSTER_SCHEME) or not url.hostname or not url.port:
         raise ValueError(f"Not a redis address: {address!r} (expected redis[+cluster]://[:password@]host:port)")
     return url.hostname, url.port, unquote(url.password) if url.password else None
+
+
+def unix_socket_path(address: str) -> str | None:
+    """The socket path of a ``unix://PATH`` address; None for a TCP address."""
+    return address[len(UNIX_SCHEME):] if address.startswith(UNIX_SCHEME) else None
 
 
 def is_cluster(address: str) -> bool:
@@ -59,13 +66,18 @@ class RespConnection:
     """One authenticated connection speaking RESP2; every call has the socket's deadline (``timeout_s``)."""
 
     def __init__(self, address: str, timeout_s: float = 120.0) -> None:
-        host, port, password = parse_address(address)
-        self.where = f"redis-server at {host}:{port}"
-        try:
-            self._sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
-        except OSError as exc:
-            raise ConnectionError(f"Cannot reach the {self.where}: {exc}") from None
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        path = unix_socket_path(address)
+        if path is not None:
+            password, self.where = None, f"redis-server at {address}"
+            self._sock = _connect_unix(path, self.where)
+        else:
+            host, port, password = parse_address(address)
+            self.where = f"redis-server at {host}:{port}"
+            try:
+                self._sock = socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S)
+            except OSError as exc:
+                raise ConnectionError(f"Cannot reach the {self.where}: {exc}") from None
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.settimeout(timeout_s)
         self.timeout_s = timeout_s
         self._buf = bytearray()
@@ -223,6 +235,17 @@ class RespConnection:
         return ConnectionError(f"Lost the {self.where}: {exc}")
 
 
+def _connect_unix(path: str, where: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(_CONNECT_TIMEOUT_S)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise ConnectionError(f"Cannot reach the {where}: {exc}") from None
+    return sock
+
+
 class Route:
     """Where a key's commands go: one server, or the shard of a Redis Cluster that owns the key's slot.
 
@@ -306,6 +329,9 @@ class RespRaw(RawReference):
 
     def __init__(self, address: str) -> None:
         self._route = Route(address)  # on a cluster: the key's shard
+        if unix_socket_path(address) is not None:
+            self.description = ("plain RESP on a Unix domain socket: SET sends header + the buffer itself, "
+                                "GET reads into the preallocated buffer")
 
     def put(self, key: str, data: memoryview) -> None:
         expect_ok(self._route.for_key(key).command("SET", key, data), f"SET {key}")
@@ -338,8 +364,11 @@ class RedisPyRaw(RawReference):
     def __init__(self, address: str) -> None:
         import redis
 
-        host, port, password = parse_address(address)
         self._redis: Any
+        if (path := unix_socket_path(address)) is not None:
+            self._redis = redis.Redis(unix_socket_path=path, socket_timeout=120, single_connection_client=True)
+            return
+        host, port, password = parse_address(address)
         if is_cluster(address):
             from redis.cluster import RedisCluster
 
@@ -361,5 +390,6 @@ class RedisPyRaw(RawReference):
         self._redis.close()
 
 
-__all__: Sequence[str] = ["CLUSTER_SCHEME", "RedisPyRaw", "RespConnection", "RespError", "RespRaw", "Route",
-                          "expect_ok", "is_cluster", "key_slot", "node_address", "parse_address", "read_bulk_into"]
+__all__: Sequence[str] = ["CLUSTER_SCHEME", "UNIX_SCHEME", "RedisPyRaw", "RespConnection", "RespError", "RespRaw",
+                          "Route", "expect_ok", "is_cluster", "key_slot", "node_address", "parse_address",
+                          "read_bulk_into", "unix_socket_path"]
