@@ -4,14 +4,18 @@ lifecycle (nothing outlives ``stop``) and the platform traps from the SmartSim n
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ import pytest
 
 from simai_core import mpi
 from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.private import NotPrivateError, SharedMachineWarning
 from simai_core.profiles import load_profile
 from simai_core.staging import registry
 from simai_core.staging import smartsim as backend
@@ -67,8 +72,7 @@ def sr(server):
 def raw(server):
     import redis
 
-    host, port = server.address.rsplit(":", 1)
-    with redis.Redis(host=host, port=int(port)) as r:
+    with redis.Redis(**backend.redis_kwargs(server.address)) as r:
         yield r
 
 
@@ -98,12 +102,39 @@ def processes_mentioning(*needles: str) -> list[str]:
     return found
 
 
+def leftovers(srv: backend.SmartSimServer) -> list[str]:
+    """What of ``srv`` is still there: processes naming its socket (or port), its socket and config, its port."""
+    if srv.socket is not None:
+        found = processes_mentioning(str(srv.socket.with_suffix("")))
+        return found + [str(p) for p in (srv.socket, srv.socket.with_suffix(".conf")) if os.path.lexists(p)]
+    found = processes_mentioning(f":{srv.port} ", f"+port={srv.port} ") if srv.port else []
+    return found + ([f"port {srv.port} listening"] if srv.port and not port_free(srv.port) else [])
+
+
 def assert_gone(srv: backend.SmartSimServer) -> None:
     deadline = time.monotonic() + 5
-    while not (port_free(srv.port) and not processes_mentioning(f":{srv.port} ", f"+port={srv.port} ")):
-        assert time.monotonic() < deadline, processes_mentioning(f":{srv.port} ", f"+port={srv.port} ")
+    while leftovers(srv):
+        assert time.monotonic() < deadline, leftovers(srv)
         time.sleep(0.05)
     assert not processes_mentioning("telemetrymonitor", str(srv.exp_path))
+
+
+def tcp_listening_ports(pids: list[int]) -> set[int]:
+    """TCP ports any of ``pids`` listens on: their socket inodes (/proc/PID/fd) found in /proc/net/tcp and tcp6."""
+    inodes = set()
+    for pid in pids:
+        with suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with suppress(OSError):
+                    if (link := os.readlink(fd)).startswith("socket:["):
+                        inodes.add(link[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 # ---------------------------------------------------------------- the module's replies through SmartRedis
@@ -175,6 +206,28 @@ def test_tensor_resp_path_round_trips_every_byte(server, sr, nbytes):
         ref.put("resp.t", memoryview(data))  # the connection is still in step after an error reply
     finally:
         ref.close()
+
+
+def test_raw_references_use_the_same_unix_socket(server, raw, tmp_path):
+    """The put/get sweep's references reach the DB as SmartRedis does (like for like), and say so."""
+    from simai_core.staging.resp import RespConnection
+
+    refs = {"raw": backend.raw_reference("smartsim", server.address),
+            **backend.second_references("smartsim", server.address)}
+    data = np.random.default_rng(9).integers(0, 256, 300_001, dtype=np.uint8)
+    try:
+        for name, ref in refs.items():
+            out = np.zeros_like(data)
+            ref.put(f"ref.{name}", memoryview(data))
+            ref.get(f"ref.{name}", memoryview(out))
+            np.testing.assert_array_equal(out, data)
+        assert all(c["addr"].startswith(str(server.socket)) for c in raw.client_list())  # no TCP client at all
+        assert "Unix domain socket" in refs["raw"].description and "Unix domain socket" in refs["module"].description
+    finally:
+        for ref in refs.values():
+            ref.close()
+    with pytest.raises(ConnectionError, match=r"Cannot reach the redis-server at unix://.*gone\.sock"):
+        RespConnection(f"unix://{tmp_path}/gone.sock")
 
 
 def test_wrong_type_is_refused(raw, stand_in):
@@ -390,7 +443,8 @@ def test_nothing_outlives_stop(tmp_path, deployment):
     srv = backend.make_server("smartsim", load_profile("local"), tmp_path, deployment=deployment)
     srv.start()
     try:
-        assert not port_free(srv.port) and backend.our_processes(srv.port)
+        assert srv.socket is not None and srv.socket.is_socket() and srv.address == f"unix://{srv.socket}"
+        assert srv.processes() and tcp_listening_ports(srv.processes()) == set()
         assert srv.exp_path.is_dir() and srv.exp_path.is_relative_to(tmp_path)
         c = backend.connect("smartsim", srv.address)
         c.put_tensor("x", np.arange(3))
@@ -398,7 +452,7 @@ def test_nothing_outlives_stop(tmp_path, deployment):
         c.close()
     finally:
         srv.stop()
-    assert_gone(srv)
+    assert_gone(srv)  # the socket and its config too
     srv.stop()  # twice is harmless
 
 
@@ -416,7 +470,7 @@ def test_failed_or_interrupted_start_leaves_nothing(tmp_path, monkeypatch, error
     srv = backend.make_server("smartsim", load_profile("local"), tmp_path)
     with pytest.raises(error):
         srv.start()
-    assert srv.port and not backend.our_processes(srv.port)
+    assert srv.socket is not None and not srv.processes()
     assert_gone(srv)
 
 
@@ -492,24 +546,88 @@ def test_missing_redis_server_gives_the_apt_hint(monkeypatch):
 
 
 # ---------------------------------------------------------------- shared machine (issue 14, point 4)
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses (hex, as /proc/net/tcp writes them) with a socket listening on ``port``."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:
-                found.add(address)
-    return found
+OTHER_UID = 65534  # nobody: another user on the node
 
 
-def test_db_listens_on_loopback_only_in_protected_mode(server, raw):
+def redis_cli(*target: str, uid: int | None = None) -> str:
+    """``redis-cli TARGET ping``, as this user or (root only) as ``uid``: its answer or its error."""
+    as_user = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
+    done = subprocess.run([shutil.which("redis-cli") or "redis-cli", *target, "ping"], capture_output=True, text=True,
+                          timeout=30, **as_user)
+    return (done.stdout + done.stderr).strip()
+
+
+def test_db_has_no_tcp_port_and_a_private_socket(server, raw):
+    with socket.socket() as control:  # the /proc reading sees a listening socket of a process
+        control.bind(("127.0.0.1", 0))
+        control.listen()
+        assert control.getsockname()[1] in tcp_listening_ports([os.getpid()])
+    pids = server.processes()
+    assert any("redis-server" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace") for pid in pids), pids
+    assert tcp_listening_ports(pids) == set()
+    assert raw.config_get("port") == {"port": "0"} and raw.config_get("unixsocketperm") == {"unixsocketperm": "700"}
+    sock, folder = os.stat(server.socket), os.stat(server.socket.parent)
+    assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o700 and sock.st_uid == os.geteuid()
+    assert stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == os.geteuid()
+    assert server.socket.parent == Path(tempfile.gettempdir()) / f"simai-smartsim-{getpass.getuser()}"
     detail = server.detail()
+    assert (detail["transport"], detail["socket"], detail["tcp_port"], detail["bind"]) == ("unix", str(server.socket),
+                                                                                             0, None)
+    assert (detail["socket_mode"], detail["socket_dir_mode"], detail["socket_owner_uid"]) == ("0700", "0700",
+                                                                                              os.geteuid())
     assert detail["auth"] is False and "SmartRedis 0.6.1 cannot send" in detail["auth_note"]
-    assert detail["bind"] == "127.0.0.1" and detail["protected_mode"] is True
-    assert raw.config_get("protected-mode") == {"protected-mode": "yes"}  # SmartSim's redis.conf says no
-    assert listening_addresses(server.port) == {"0100007F"}  # 127.0.0.1, nothing else
+    assert "no TCP port" in detail["access"] and detail["protected_mode"] is True
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_another_user_on_the_node_cannot_reach_the_db(server):
+    assert redis_cli("-s", str(server.socket)) == "PONG"  # the probe gets in as the DB's own user
+    ports = tcp_listening_ports(server.processes()) | ({server.port} - {0})
+    for target in [("-s", str(server.socket)), *(("-h", "127.0.0.1", "-p", str(port)) for port in ports)]:
+        answer = redis_cli(*target, uid=OTHER_UID)
+        assert "PONG" not in answer, f"another user reached the DB via {target}: {answer}"
+    assert "Permission denied" in redis_cli("-s", str(server.socket), uid=OTHER_UID)
+    server.socket.parent.chmod(0o755)  # with the directory open, the socket's own mode still holds
+    try:
+        assert "Permission denied" in redis_cli("-s", str(server.socket), uid=OTHER_UID)
+    finally:
+        server.socket.parent.chmod(0o700)
+
+
+@pytest.mark.parametrize("trap", ["another_users_dir", "symlink", "group_writable"])
+def test_socket_directory_refuses_what_another_user_could_have_made(tmp_path, monkeypatch, trap):
+    if (reason := _reason()) is not None:
+        pytest.skip(reason)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted, elsewhere = tmp_path / f"simai-smartsim-{getpass.getuser()}", tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if trap == "symlink":
+        planted.symlink_to(elsewhere)
+    else:
+        planted.mkdir(mode=0o700)
+        if trap == "group_writable":
+            planted.chmod(0o770)
+        elif os.geteuid() == 0:
+            os.chown(planted, OTHER_UID, OTHER_UID)
+        else:
+            pytest.skip("making a directory of another user needs root")
+    srv = backend.make_server("smartsim", load_profile("local"), tmp_path / "run")
+    with pytest.raises(NotPrivateError, match=r"simai-smartsim-.* must be a private directory of yours"):
+        srv.start()
+    assert srv.socket is None and not srv.processes()
+    assert not any(elsewhere.iterdir()) and (trap == "symlink" or not any(planted.iterdir()))
+
+
+def test_socket_path_too_long_for_the_kernel_is_refused(tmp_path, monkeypatch):
+    if (reason := _reason()) is not None:
+        pytest.skip(reason)
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    srv = backend.make_server("smartsim", load_profile("local"), tmp_path / "run")
+    with pytest.raises(BackendUnavailableError, match=r"longer than 100 bytes.*set TMPDIR"):
+        srv.start()
+    assert not srv.processes()
 
 
 def test_smartredis_has_no_way_to_send_a_password(tmp_path, monkeypatch):
@@ -531,13 +649,16 @@ def test_smartredis_has_no_way_to_send_a_password(tmp_path, monkeypatch):
 
 
 def test_a_db_off_loopback_warns_that_it_has_no_password(tmp_path):
-    from simai_core.private import SharedMachineWarning
-
     srv = backend.SmartSimServer(tmp_path, interface="hsn0")  # as the Polaris and Aurora profiles ask
+    assert srv.transport == "tcp"  # other nodes' ranks reach it: no Unix socket
     srv._address = "10.1.2.3:6780"
     with pytest.warns(SharedMachineWarning, match=r"10\.1\.2\.3:6780 .*no password.*anyone who can reach"):
         srv._guard_access()
-    assert srv.detail()["auth"] is False and srv.detail()["protected_mode"] is False
+    detail = srv.detail()
+    assert detail["auth"] is False and detail["protected_mode"] is False
+    assert (detail["transport"], detail["tcp_port"], detail["bind"], detail["socket"]) == ("tcp", 6780, "10.1.2.3",
+                                                                                          None)
+    assert "anyone who can reach the address" in detail["access"]
     with warnings.catch_warnings(record=True) as seen:  # shown on every such run, but never fails one
         warnings.simplefilter("error")
         srv._guard_access()

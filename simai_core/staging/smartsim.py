@@ -1,32 +1,43 @@
 """SmartSim backend: a real SmartSim Orchestrator (or colocated DB) and the real SmartRedis client.
 
-Server: ``Experiment`` + ``Orchestrator`` ("clustered") or a ``Model`` with ``colocate_db_tcp``
+Server: ``Experiment`` + ``Orchestrator`` ("clustered") or a ``Model`` with ``colocate_db_uds``
 ("colocated": a DB beside a node's ranks, started by its first rank); launcher and interface from
-the profile. SmartSim always loads a RedisAI module: a real one when installed, else the stand-in
-``native/sstensor`` (storage only); ``detail()["redisai"]`` says which. Traps handled (see
-/work/shared/notes/platform-smartsim.md): binaries *copied* into ``smartsim/_core/bin`` (Debian's
-redis-server is a symlink SmartSim resolves to redis-check-rdb), telemetry off, Redis >= 7,
-numpy < 2, SmartSim's leaked log files, a colocated DB that survives ``exp.stop``.
+the profile. On one node (interface ``lo``, and every colocated DB) the DB has no TCP port: it
+listens on a Unix socket in this user's 0700 directory (:func:`socket_dir`), so no other local
+user can connect (SmartRedis cannot send a password). Another interface gets TCP and a
+:class:`~simai_core.private.SharedMachineWarning`. SmartSim always loads a RedisAI module: a real
+one when installed, else the stand-in ``native/sstensor`` (storage only); ``detail()["redisai"]``
+says which. Traps handled (see /work/shared/notes/platform-smartsim.md): binaries *copied* into
+``smartsim/_core/bin`` (Debian's redis-server is a symlink SmartSim resolves to redis-check-rdb),
+telemetry off, Redis >= 7, numpy < 2, SmartSim's leaked log files, a colocated DB that survives
+``exp.stop``, SmartSim's TCP-only check of a started DB.
 
-Client: ``smartredis.Client(address=..., cluster=False)``. What SmartRedis carries (8 dtypes,
->= 1 dim, non-empty, <= CHUNK_BYTES) is one ``put_tensor``/``get_tensor``; anything else is a
-SmartRedis Dataset of uint8 chunks with dtype and shape as metadata. Blobs are uint8 tensors, not
-``set_model`` (a real RedisAI would try to load a checkpoint as a model). ``clean`` uses redis-py
-SCAN on the same server: SmartRedis cannot list keys.
+Client: ``smartredis.Client(address=..., cluster=False)``, ``address`` ``unix://PATH`` or
+``host:port``. What SmartRedis carries (8 dtypes, >= 1 dim, non-empty, <= CHUNK_BYTES) is one
+``put_tensor``/``get_tensor``; anything else is a SmartRedis Dataset of uint8 chunks with dtype
+and shape as metadata. Blobs are uint8 tensors, not ``set_model`` (a real RedisAI would try to
+load a checkpoint as a model). ``clean`` uses redis-py SCAN on the same server: SmartRedis cannot
+list keys.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import logging
 import os
+import re
+import secrets
 import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from functools import cache
+from functools import cache, partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,11 +46,19 @@ import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.net import free_port
-from simai_core.private import SharedMachineWarning
+from simai_core.private import SharedMachineWarning, private_dir, write_private
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 from simai_core.staging.redis import CHUNK_BYTES, glob_escape
-from simai_core.staging.resp import RedisPyRaw, RespConnection, RespRaw, expect_ok, read_bulk_into
+from simai_core.staging.resp import (
+    UNIX_SCHEME,
+    RedisPyRaw,
+    RespConnection,
+    RespRaw,
+    expect_ok,
+    read_bulk_into,
+    unix_socket_path,
+)
 
 SSTENSOR_DIR = Path(__file__).resolve().parents[2] / "native" / "sstensor"
 SSTENSOR_SO = SSTENSOR_DIR / "build" / "sstensor.so"
@@ -48,7 +67,13 @@ _NATIVE = {np.dtype(d) for d in ("float32", "float64", "int8", "int16", "int32",
 _START_TIMEOUT_S = 60.0
 SR_RETRY_S = 20  # SmartRedis's retry window on I/O errors (SR_CMD_TIMEOUT, SR_CONN_TIMEOUT), seconds
 AUTH_NOTE = ("no password: SmartRedis 0.6.1 cannot send one (its connection options carry host and port only), "
-             "so a DB that required one would refuse the client; any local user can reach a loopback DB")
+             "so a DB that required one would refuse the client")
+UNIX_ACCESS = ("no TCP port; a Unix socket (mode 0700) in a 0700 directory of this user's: the kernel refuses "
+               "every other local user at the directory")
+TCP_ACCESS = "a TCP port with protected mode off: anyone who can reach the address can read and overwrite staged data"
+SOCKET_PERM = "700"  # the socket's mode, as Redis's unixsocketperm reads it (octal)
+_SOCKET_CHARS = re.compile(r"[A-Za-z0-9.:,_\-/]+")  # what SmartSim accepts in a socket path (colocate_db_uds)
+_MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes; Redis cuts a longer path short without a word
 
 
 # ---------------------------------------------------------------- availability and environment
@@ -160,18 +185,23 @@ def make_server(name: str, profile: MachineProfile, workdir: Path, deployment: s
 
 
 def connect(name: str, address: str) -> SmartSimClient:
-    """A SmartRedis client for ``host:port``."""
+    """A SmartRedis client for ``unix://PATH`` or ``host:port``."""
     return SmartSimClient(address)
 
 
 def raw_reference(name: str, address: str) -> RawReference:
-    """Plain RESP SET/GET of the raw buffer on the same Orchestrator: the protocol's limit from Python."""
-    return RespRaw(f"redis://{address}")
+    """Plain RESP SET/GET of the raw buffer on the same DB and transport: the protocol's limit from Python."""
+    return RespRaw(resp_address(address))
 
 
 def second_references(name: str, address: str) -> dict[str, RawReference]:
     """Further named paths the put/get sweep reports: the tensor module without SmartRedis, and redis-py."""
-    return {"module": TensorRespRaw(address), "redispy": RedisPyRaw(f"redis://{address}")}
+    return {"module": TensorRespRaw(address), "redispy": RedisPyRaw(resp_address(address))}
+
+
+def resp_address(address: str) -> str:
+    """A SmartRedis address (``unix://PATH`` or ``host:port``) as :mod:`~simai_core.staging.resp` takes it."""
+    return address if unix_socket_path(address) is not None else f"redis://{address}"
 
 
 class TensorRespRaw(RawReference):
@@ -186,7 +216,9 @@ class TensorRespRaw(RawReference):
                    "tensor module's path without SmartRedis, the reply read into the preallocated buffer")
 
     def __init__(self, address: str) -> None:
-        self._conn = RespConnection(f"redis://{address}")
+        self._conn = RespConnection(resp_address(address))
+        if unix_socket_path(address) is not None:
+            self.description = self.description.replace("on a TCP_NODELAY socket", "on a Unix domain socket")
 
     def put(self, key: str, data: memoryview) -> None:
         expect_ok(self._conn.command("AI.TENSORSET", key, "UINT8", data.nbytes, "BLOB", data), f"AI.TENSORSET {key}")
@@ -209,8 +241,60 @@ def _smartsim_calls() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+@contextmanager
+def _quiet_db_shutdown() -> Iterator[None]:
+    # Stopping a socket-only DB, SmartSim's `redis-cli -p 0 shutdown` fails and logs two errors (its
+    # output, empty, then the failure) before SmartSim ends the DB's job: expected, so dropped. Its
+    # logger is "SmartSim", or the module's name at log level "developer".
+    loggers = [logging.getLogger(name) for name in ("SmartSim", "smartsim._core.utils.redis")]
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.msg == "" or str(record.msg).startswith("Error while shutting down DB node"))
+
+    for logger in loggers:
+        logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(keep)
+
+
+def socket_dir() -> Path:
+    """This user's directory for DB sockets, ``$TMPDIR/simai-smartsim-<user>``: made 0700, else owner- and mode-checked.
+
+    Raises :class:`~simai_core.private.NotPrivateError` when another user made it, or it is a link.
+    """
+    return private_dir(Path(tempfile.gettempdir()) / f"simai-smartsim-{getpass.getuser()}")
+
+
+def _socket_path(name: str) -> Path:
+    path = socket_dir() / f"{name}.sock"
+    if not _SOCKET_CHARS.fullmatch(str(path)) or len(str(path)) > _MAX_SOCKET_PATH:
+        raise BackendUnavailableError(f"The SmartSim DB's socket path {path} is longer than {_MAX_SOCKET_PATH} bytes or "
+                                      "has characters SmartSim refuses: set TMPDIR to a short plain path")
+    return path
+
+
 class SmartSimServer(StagingServer):
-    """A SmartSim-launched DB with the RedisAI module (or the stand-in); ``stop`` leaves nothing behind."""
+    """A SmartSim-launched DB with the RedisAI module (or the stand-in); ``stop`` leaves nothing behind.
+
+    On interface ``lo``, and always when colocated, the DB listens on the Unix socket ``socket``
+    only (TCP port 0); elsewhere on a TCP ``port`` of that interface.
+    """
 
     backend = "smartsim"
 
@@ -220,8 +304,11 @@ class SmartSimServer(StagingServer):
             raise ValueError(f"deployment must be 'clustered' or 'colocated', not {deployment!r}")
         self.workdir, self.launcher, self.interface = Path(workdir), launcher, interface
         self.memory_bytes, self.deployment, self.db_nodes = memory_bytes, deployment, db_nodes
+        self.transport = "unix" if deployment == "colocated" or interface == "lo" else "tcp"
         self.port, self._address = 0, ""
+        self.socket: Path | None = None
         self.protected_mode = False
+        self._access: dict[str, Any] = {"transport": self.transport}
         self._exp: Any = None
         self._entity: Any = None
         self._module: tuple[Path, str] | None = None
@@ -244,38 +331,64 @@ class SmartSimServer(StagingServer):
         from smartsim import Experiment
 
         self.exp_path.mkdir(parents=True, exist_ok=True)
-        from smartsim._core.utils.network import get_ip_from_interface
+        name = f"simai-{os.getpid()}-{secrets.token_hex(4)}"
+        if self.transport == "unix":
+            self.socket = _socket_path(name)
+            self._address = f"{UNIX_SCHEME}{self.socket}"
+        else:
+            from smartsim._core.utils.network import get_ip_from_interface
 
-        host = "127.0.0.1" if self.interface == "lo" else str(get_ip_from_interface(self.interface))
-        self.port = free_port(host)
-        self._exp = Experiment(f"simai-{self.port}", exp_path=str(self.exp_path), launcher=self.launcher)
+            host = str(get_ip_from_interface(self.interface))
+            self.port = free_port(host)
+            self._address = f"{host}:{self.port}"
+        self._exp = Experiment(name, exp_path=str(self.exp_path), launcher=self.launcher)
         if self.deployment == "clustered":
             self._start_orchestrator()
         else:
-            self._start_colocated(host)
+            self._start_colocated()
+        self._configure()
         self._guard_access()
 
+    def _configure(self) -> None:
+        settings = {"maxmemory": str(self.memory_bytes), "maxmemory-policy": "noeviction"}
+        if self.socket is not None:  # no TCP port to protect; a guard should one ever be opened
+            settings["protected-mode"] = "yes"
+        for name, value in settings.items():
+            if not _redis_call(self._address, "config_set", name=name, value=value):
+                raise RuntimeError(f"The SmartSim DB at {self._address} did not take CONFIG SET {name} {value}")
+
     def _guard_access(self) -> None:
-        """No password is possible (:data:`AUTH_NOTE`): on loopback turn protected mode on, elsewhere warn."""
-        if self.interface == "lo":
-            # SmartSim's redis.conf turns it off. On, it refuses anything but loopback and Unix socket clients
-            # even if the bind address changes.
-            self.protected_mode = bool(_redis_call(self._address, "config_set", name="protected-mode", value="yes"))
+        """Check and record what keeps other users out: the socket and no TCP port, or (TCP) warn."""
+        if self.socket is not None:
+            config = _redis_call(self._address, "config_get", pattern="*") or {}
+            if config.get("port") != "0" or config.get("unixsocketperm") != SOCKET_PERM:
+                raise RuntimeError(f"The SmartSim DB at {self._address} is open to other users: TCP port "
+                                   f"{config.get('port')}, socket mode {config.get('unixsocketperm')}")
+            self.protected_mode = config.get("protected-mode") == "yes"
+            self._access = {"transport": "unix", "socket": str(self.socket), "tcp_port": 0, "bind": None,
+                            "socket_mode": f"0{SOCKET_PERM}", "socket_owner_uid": os.geteuid(),
+                            "socket_dir_mode": f"{stat.S_IMODE(self.socket.parent.stat().st_mode):04o}",
+                            "access": UNIX_ACCESS}
             return
+        host, port = self._address.rsplit(":", 1)
+        self._access = {"transport": "tcp", "socket": None, "tcp_port": int(port), "bind": host, "access": TCP_ACCESS}
         with warnings.catch_warnings():  # advice on every run of such a profile: never an error (-W error, pytest's)
             warnings.simplefilter("always", SharedMachineWarning)
             warnings.warn(SharedMachineWarning(
                 f"The SmartSim DB at {self._address} (interface {self.interface}, from the machine profile) has "
                 f"{AUTH_NOTE}: anyone who can reach that address can read and overwrite staged data. Use the "
-                "profile's loopback interface (lo) on a one-node run, or the redis backend, which has a password"),
-                stacklevel=3)
+                "profile's loopback interface (lo) on a one-node run (the DB then has a private Unix socket and no "
+                "TCP port), or the redis backend, which has a password"), stacklevel=3)
 
     def _start_orchestrator(self) -> None:
         from smartsim.database import Orchestrator
 
         try:
-            db = Orchestrator(path=str(self.exp_path / "db"), port=self.port, interface=self.interface,
-                              launcher=self.launcher, db_nodes=self.db_nodes)
+            if self.socket is None:
+                db = Orchestrator(path=str(self.exp_path / "db"), port=self.port, interface=self.interface,
+                                  launcher=self.launcher, db_nodes=self.db_nodes)
+            else:
+                db = self._unix_orchestrator(Orchestrator)
         except Exception as exc:
             if "multiple database shards" not in str(exc):
                 raise
@@ -284,24 +397,35 @@ class SmartSimServer(StagingServer):
                 "use db_nodes=1 here, or a batch launcher (pbs/slurm/pals) in the machine profile") from exc
         self._entity = db
         self._exp.start(db, block=True)
-        self._address = db.get_address()[0]
-        db.set_max_memory(str(self.memory_bytes))  # SmartSim's own CONFIG SET helpers
-        db.set_eviction_strategy("noeviction")
 
-    def _start_colocated(self, host: str) -> None:
+    def _unix_orchestrator(self, orchestrator: type[Any]) -> Any:
+        """An Orchestrator whose DB has the Unix socket and no TCP port (port 0), via SmartSim's REDIS_CONF."""
+        from smartsim._core.config import CONFIG
+
+        assert self.socket is not None
+        conf = self.socket.with_suffix(".conf")
+        write_private(conf, Path(CONFIG.database_conf).read_text()
+                      + f"\n# simai: a Unix socket only\nunixsocket {self.socket}\nunixsocketperm {SOCKET_PERM}\n")
+        with _env("REDIS_CONF", str(conf)):  # read as the Orchestrator builds the DB's command line
+            db: Any = orchestrator(path=str(self.exp_path / "db"), port=0, interface=self.interface,
+                                   launcher=self.launcher, db_nodes=self.db_nodes)
+        # SmartSim checks a started DB (and answers get_address) with a TCP PING to host:port, which a DB
+        # without a TCP port cannot answer: it asks on the socket instead (a partial: SmartSim pickles the DB).
+        db.is_active = partial(_answers, self._address)
+        return db
+
+    def _start_colocated(self) -> None:
         # SmartSim colocates a DB with a Model it launches. This node's ranks are started by
         # mpiexec, not by SmartSim, so the Model is a placeholder process that holds the node's DB.
         settings = self._exp.create_run_settings(exe=shutil.which("sleep") or "sleep", exe_args=["infinity"])
         model = self._exp.create_model("node_db_holder", settings, path=str(self.exp_path / "holder"))
-        model.colocate_db_tcp(port=self.port, ifname=self.interface, db_cpus=1,
-                              maxmemory=str(self.memory_bytes), maxmemory_policy="noeviction")
+        model.colocate_db_uds(unix_socket=str(self.socket), socket_permissions=int(SOCKET_PERM), db_cpus=1)
         self._entity = model
         self._exp.start(model, block=False)
-        self._address = f"{host}:{self.port}"
         from smartsim.status import TERMINAL_STATUSES
 
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _redis_call(self._address, "ping"):
+        while not _answers(self._address):
             if self._exp.get_status(model)[0] in TERMINAL_STATUSES or time.monotonic() > deadline:
                 err = self.exp_path / "holder" / "node_db_holder.err"
                 raise RuntimeError(f"SmartSim's colocated DB did not answer on {self._address} within "
@@ -313,15 +437,24 @@ class SmartSimServer(StagingServer):
         if exp is None:
             return
         try:
-            if self.deployment == "colocated" and self._address:
+            if self.socket is not None or self.deployment == "colocated":
                 _redis_call(self._address, "shutdown", nosave=True)  # exp.stop kills the holder, not its DB
             if entity is not None:
-                with _smartsim_calls():
+                with _smartsim_calls(), _quiet_db_shutdown():
                     exp.stop(entity)
         except Exception:  # whatever SmartSim says, the sweep below still runs
             pass
         finally:
-            terminate(our_processes(self.port))
+            terminate(self.processes())
+            if self.socket is not None:  # Redis removes its socket on shutdown; not after a SIGKILL
+                self.socket.unlink(missing_ok=True)
+                self.socket.with_suffix(".conf").unlink(missing_ok=True)
+
+    def processes(self) -> list[int]:
+        """Live processes of this user that SmartSim started for this DB: the DB and its entrypoint."""
+        if self.socket is not None:
+            return our_processes(self.socket.with_suffix(""))
+        return our_processes(self.port) if self.port else []
 
     def detail(self) -> dict[str, Any]:
         import smartsim
@@ -334,9 +467,21 @@ class SmartSimServer(StagingServer):
                 "launcher": self.launcher, "interface": self.interface,
                 "deployment": self.deployment, "db_nodes": self.db_nodes, "maxmemory_bytes": self.memory_bytes,
                 "telemetry": os.environ.get("SMARTSIM_FLAG_TELEMETRY") == "1",
-                "auth": False, "auth_note": AUTH_NOTE, "bind": self._address.rsplit(":", 1)[0],
-                "protected_mode": self.protected_mode,
+                "auth": False, "auth_note": AUTH_NOTE, **self._access, "protected_mode": self.protected_mode,
                 "client": "smartredis.Client(cluster=False); clean() via redis-py SCAN"}
+
+
+def _answers(address: str) -> bool:
+    """Whether the DB at ``address`` answers a PING now."""
+    return bool(_redis_call(address, "ping"))
+
+
+def redis_kwargs(address: str) -> dict[str, Any]:
+    """redis-py's connection arguments for a SmartRedis address (``unix://PATH`` or ``host:port``)."""
+    if (path := unix_socket_path(address)) is not None:
+        return {"unix_socket_path": path}
+    host, port = address.rsplit(":", 1)
+    return {"host": host, "port": int(port)}
 
 
 def _redis_call(address: str, method: str, **kwargs: Any) -> Any:
@@ -345,16 +490,23 @@ def _redis_call(address: str, method: str, **kwargs: Any) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    host, port = address.rsplit(":", 1)
     try:  # no retries: a refused connection (not up yet, or shut down) is an answer here
-        with redis.Redis(host=host, port=int(port), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)) as r:
+        with redis.Redis(**redis_kwargs(address), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)) as r:
             return getattr(r, method)(**kwargs)
     except redis.RedisError:
         return None
 
 
-def our_processes(port: int) -> list[int]:
-    """Live processes of this user that SmartSim started for ``port``: the DB and its entrypoint."""
+def our_processes(marker: int | Path) -> list[int]:
+    """Live processes of this user that SmartSim started for one DB: the DB and its entrypoint.
+
+    ``marker``: the DB's TCP port, or for a socket-only DB the path of its socket without the
+    suffix (the socket and its config share it), which both command lines name.
+    """
+    if isinstance(marker, int):
+        needles = {"redis-server": f":{marker} ", "smartsim": f"+port={marker} "}
+    else:
+        needles = {"redis-server": str(marker), "smartsim": str(marker)}
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -363,7 +515,7 @@ def our_processes(port: int) -> list[int]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") + " "
         except (OSError, ValueError):
             continue
-        if ("redis-server" in cmd and f":{port} " in cmd) or ("smartsim" in cmd and f"+port={port} " in cmd):
+        if any(program in cmd and needle in cmd for program, needle in needles.items()):
             pids.append(int(proc.name))
     return pids
 
@@ -473,8 +625,7 @@ class SmartSimClient(StagingClient):
         if self._redis is None:
             import redis
 
-            host, port = self.address.rsplit(":", 1)
-            self._redis = redis.Redis(host=host, port=int(port), socket_timeout=120)
+            self._redis = redis.Redis(**redis_kwargs(self.address), socket_timeout=120)
         pattern = glob_escape(prefix)
         keys = {*self._redis.scan_iter(match=pattern + "*", count=1000),
                 *self._redis.scan_iter(match="{" + pattern + "*", count=1000)}
