@@ -377,7 +377,7 @@ def test_a_put_that_died_before_publishing_is_not_read(shm: Path) -> None:
         client.put_tensor("half", np.full(4096, 1, np.int32))
         fd = os.open(shm / "half.slots", os.O_RDWR)
         try:
-            gray, capacity = files._Slots(fd, "half").control()
+            gray, capacity, _ = files._Slots(fd, "half").control()
             new = np.full(4096, 2, np.int32)
             os.pwritev(fd, [files._seq_block(files._generation(gray) + 1), client._header(new.dtype, new.shape), new],
                        files._PAGE + ((files._generation(gray) + 1) & 1) * capacity)
@@ -424,3 +424,152 @@ def test_in_place_put_on_a_full_device_keeps_the_old_value(tiny_tmpfs: Path) -> 
         with pytest.raises(StagingFullError, match="No space left"):
             client.put_tensor("full", np.full(130 * 1024, 2, np.uint8))
         np.testing.assert_array_equal(client.get_tensor("full"), old)
+
+
+# A client keeps the slots files it reads open; a get of a value it read before guesses it.
+
+def _stable(client: FileClient, key: str, out: np.ndarray) -> None:
+    """Get ``key`` until the client guesses it: the second get that finds the same generation marks it stable."""
+    for _ in range(3):
+        assert client.get_tensor(key, out=out) is out
+
+
+def test_a_guessed_read_that_two_puts_overtake_starts_over(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader guesses the value it read before: its preadv comes first, with no control read before it.
+    The preadv is cut in half and two puts land between the halves, the second in the very slot being
+    read: the control read after it must throw the mixed buffer away."""
+    n = 1 << 16
+    with FileClient("test", shm, in_place=True) as reader, FileClient("test", shm, in_place=True) as writer:
+        writer.put_tensor("guess", np.full(n, 1, np.uint8))
+        out = np.empty(n, np.uint8)
+        _stable(reader, "guess", out)
+        real_preadv, real_pread, calls, mixed = os.preadv, os.pread, [], []
+
+        def pread(fd: int, size: int, offset: int) -> bytes:
+            calls.append(("pread", fd, offset))
+            return real_pread(fd, size, offset)
+
+        def overtaken_preadv(fd: int, buffers: list, offset: int) -> int:
+            calls.append(("preadv", fd, offset))
+            if len(calls) > 1:
+                return real_preadv(fd, buffers, offset)
+            head, into = buffers
+            got = real_preadv(fd, [head, into[: n // 2]], offset)
+            writer.put_tensor("guess", np.full(n, 2, np.uint8))  # the other slot
+            writer.put_tensor("guess", np.full(n, 3, np.uint8))  # this slot, under the reader
+            got += real_preadv(fd, [into[n // 2:]], offset + got)
+            mixed.extend(np.unique(into).tolist())
+            return got
+
+        monkeypatch.setattr(files.os, "preadv", overtaken_preadv)
+        monkeypatch.setattr(files.os, "pread", pread)
+        assert reader.get_tensor("guess", out=out) is out
+    assert mixed == [1, 3], "the guessed read did not read across two writes"
+    # the reader's calls: guess, its check (which names generation 3), the same slot again, its check
+    calls = [c for c in calls if c[1] == calls[0][1]]
+    assert [c[0] for c in calls] == ["preadv", "pread", "preadv", "pread"], calls
+    assert calls[0] == calls[2]
+    assert np.all(out == 3)
+
+
+def test_a_value_read_again_costs_one_preadv_and_one_pread(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("again", np.arange(1000))
+        out = np.empty(1000, np.int64)
+        _stable(client, "again", out)
+        calls: list[str] = []
+        for name in ("open", "close", "pread", "preadv", "fstat"):
+            real = getattr(os, name)
+            monkeypatch.setattr(files.os, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(files, "_RECHECK_S", 1e9)
+        assert client.get_tensor("again", out=out) is out
+        assert calls == ["preadv", "pread"]
+    np.testing.assert_array_equal(out, np.arange(1000))
+
+
+def test_a_kept_file_that_another_client_replaces_or_deletes_is_not_read(shm: Path) -> None:
+    """A put of another size (a new file renamed over the old) or a delete retires the old file first:
+    a reader that keeps the old one open sees the new value, or no value, at its very next get."""
+    with FileClient("nodelocal", shm) as reader, FileClient("nodelocal", shm) as writer:
+        writer.put_tensor("moved", np.full(1000, 1, np.int32))
+        out = np.empty(1000, np.int32)
+        _stable(reader, "moved", out)
+        writer.put_tensor("moved", np.full(100_000, 2, np.int32))  # a new file
+        np.testing.assert_array_equal(reader.get_tensor("moved"), np.full(100_000, 2, np.int32))
+        writer.put_tensor("moved", np.full(1000, 3, np.int32))  # and back
+        _stable(reader, "moved", out)
+        assert np.all(out == 3)
+        writer.delete("moved")
+        assert reader.get_tensor("moved", out=out) is None and reader.get_tensor("moved") is None
+        writer.put_tensor("moved", np.full(1000, 4, np.int32))
+        assert reader.get_tensor("moved", out=out) is out and np.all(out == 4)
+
+
+def test_a_kept_file_removed_behind_the_backends_back_is_noticed(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rm`` of a slots file is seen within the recheck interval; removal of the whole directory raises."""
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("rm", np.ones(100))
+        out = np.empty(100)
+        _stable(client, "rm", out)
+        (shm / "rm.slots").unlink()
+        time.sleep(files._RECHECK_S * 2)
+        assert client.get_tensor("rm", out=out) is None
+        client.put_tensor("rm", np.ones(100))
+        _stable(client, "rm", out)
+        shutil.rmtree(shm)
+        time.sleep(files._RECHECK_S * 2)
+        with pytest.raises(FileNotFoundError, match="was removed"):
+            client.get_tensor("rm", out=out)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_kept_files_are_bounded_per_thread_and_closed_with_the_client(shm: Path) -> None:
+    before = _open_fds()
+    client = FileClient("nodelocal", shm)
+    for i in range(3 * files._KEEP_OPEN):
+        client.put_tensor(f"k{i}", np.full(10, i))
+        np.testing.assert_array_equal(client.get_tensor(f"k{i}"), np.full(10, i))
+    assert len(_open_fds() - before) == 1 + files._KEEP_OPEN  # the directory and the kept files
+    thread = threading.Thread(target=lambda: [client.get_tensor(f"k{i}") for i in range(5)])
+    thread.start()
+    thread.join(timeout=30)
+    assert len(_open_fds() - before) == 1 + files._KEEP_OPEN + 5  # that thread's own
+    client.close()
+    assert _open_fds() - before == set()
+
+
+def test_a_first_put_never_replaces_a_file_another_put_made(shm: Path) -> None:
+    """Two first puts of a key race: the one that comes second writes into the first's file, in place,
+    instead of renaming its own over it (a replaced file must be retired first)."""
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("first", np.full(10, 1))
+        inode = (shm / "first.slots").stat().st_ino
+        value = np.full(10, 2)
+        header = client._header(value.dtype, value.shape)
+        assert not client._new_slots("first", header, value, files._SLOT_HEAD + len(header) + value.nbytes, None)
+        assert [p.name for p in shm.iterdir()] == ["first.slots"] and (shm / "first.slots").stat().st_ino == inode
+        np.testing.assert_array_equal(client.get_tensor("first"), np.full(10, 1))
+
+
+def test_a_file_retired_by_a_put_that_died_is_read_and_replaced(shm: Path) -> None:
+    """A put that retired the old file and died before renaming its new one over it: the old file,
+    still under the key's name, is read; the next put replaces it with a live one."""
+    with FileClient("nodelocal", shm) as reader, FileClient("nodelocal", shm) as writer:
+        writer.put_tensor("dead", np.full(10, 1))
+        out = np.empty(10, np.int64)
+        _stable(reader, "dead", out)
+        fd = os.open(shm / "dead.slots", os.O_RDWR)
+        try:
+            files._Slots(fd, "dead").retire()
+        finally:
+            os.close(fd)
+        for _ in range(3):
+            assert reader.get_tensor("dead", out=out) is out and np.all(out == 1)
+        writer.put_tensor("dead", np.full(10, 2))
+        assert reader.get_tensor("dead", out=out) is out and np.all(out == 2)
+        assert files._Slots(os.open(shm / "dead.slots", os.O_RDONLY), "dead").control()[2] is False
+        writer.delete("dead")
+        assert not writer.exists("dead") and reader.get_tensor("dead") is None

@@ -7,8 +7,10 @@ node-local storage (``/dev/shm`` by default), where only ranks of one node meet.
 
 ``nodelocal`` tensors are ``.slots`` files written in place (see :class:`_Slots`): two slots per
 key that puts alternate between, a published generation, and a sequence check on every read, so
-a reader gets one whole value without the put allocating fresh pages. Only one node's page cache
-sees these files, so the in-place protocol is never used on a shared file system.
+a reader gets one whole value without the put allocating fresh pages. A client keeps the slots
+files it reads open (see :class:`_Kept`): a get of a value it read before is one ``preadv`` and
+one check. Only one node's page cache sees these files, so the in-place protocol is never used on
+a shared file system.
 
 A put is openat of a uniquely named temp file, one writev of header and data, close, and a
 rename over the key's file (on file systems other than tmpfs, an exchange of the two names and
@@ -33,6 +35,7 @@ import socket
 import stat
 import struct
 import tempfile
+import threading
 import time
 import weakref
 from functools import lru_cache
@@ -181,6 +184,23 @@ class _Directory:
                 self.exchange = False                # Lustre: EINVAL): rename, which says what is wrong if anything
         os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
+    def place_new(self, tmp: str, name: str) -> bool:
+        """Put the file ``tmp`` under ``name`` unless a file has that name already (then False, ``tmp`` stays)."""
+        if _renameat2 is not None:
+            if _renameat2(self.fd, tmp.encode(), self.fd, name.encode(), _RENAME_NOREPLACE) == 0:
+                return True
+            code = ctypes.get_errno()
+            if code == errno.EEXIST:
+                return False
+            if code not in (errno.EINVAL, errno.ENOSYS):
+                raise OSError(code, os.strerror(code), name)
+        try:  # no renameat2 flags here: a hard link is never made over an existing name either
+            os.link(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except FileExistsError:
+            return False
+        os.unlink(tmp, dir_fd=self.fd)
+        return True
+
 
 def _load_renameat2() -> Any:
     """The C library's renameat2 (glibc 2.28 and later), or None."""
@@ -194,7 +214,7 @@ def _load_renameat2() -> Any:
 
 
 _renameat2 = _load_renameat2()
-_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2  # linux/fs.h
 
 
 class FileClient(StagingClient):
@@ -210,8 +230,12 @@ class FileClient(StagingClient):
         self._dir = _Directory(root)
         self._last_header: tuple[Any, Any, bytes] = (None, None, b"")
         self.in_place = backend == "nodelocal" if in_place is None else in_place
+        self._local = threading.local()  # each thread keeps its own slots files open: no fd is shared
+        self._kept: _KeptFiles = _KeptFiles()
+        self._finalizer = weakref.finalize(self, self._kept.close_all)
 
     def close(self) -> None:
+        self._finalizer()
         self._dir.close()
 
     def put_tensor(self, key: str, array: ArrayLike) -> None:
@@ -231,15 +255,10 @@ class FileClient(StagingClient):
         have been written. In place, a ``.npy`` file (one numpy wrote) is read when no slots file exists.
         """
         if self.in_place:
-            try:
-                fd = os.open(_SLOTS[key], _READ, dir_fd=self._dir.fd)
-            except FileNotFoundError:
-                pass  # perhaps a .npy file
-            else:
-                try:
-                    return _Slots(fd, key).read(out, None if out is None else self._header(out.dtype, out.shape))
-                finally:
-                    os.close(fd)
+            got = self._get_slots(key, out)
+            if got is not None:
+                return got
+            # no slots file: perhaps a .npy file
         try:
             fd = os.open(_NPY[key], _READ, dir_fd=self._dir.fd)
         except FileNotFoundError:
@@ -251,6 +270,29 @@ class FileClient(StagingClient):
             return _read_npy(fd, key, out)
         finally:
             os.close(fd)
+
+    def _get_slots(self, key: str, out: np.ndarray | None) -> np.ndarray | None:
+        """The value of the key's slots file, through the descriptor this thread keeps; None if there is no such file."""
+        expected = None if out is None else self._header(out.dtype, out.shape)
+        kept_files = self._kept_files()
+        kept = kept_files.get(key)
+        if kept is not None:
+            got = kept.read(out, expected, fresh=False)
+            if got is not None:
+                return got
+            kept_files.drop(key)  # retired or removed: the key's name says which file is current now
+        try:
+            fd = os.open(_SLOTS[key], _READ, dir_fd=self._dir.fd)
+        except FileNotFoundError:
+            return None
+        return kept_files.add(key, fd).read(out, expected, fresh=True)
+
+    def _kept_files(self) -> _KeptFiles:
+        try:
+            return cast(_KeptFiles, self._local.kept)
+        except AttributeError:
+            kept_files = self._local.kept = self._kept.child()
+            return kept_files
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
         self._write_atomic(key, _BIN[key], (data,), memoryview(data).nbytes)
@@ -281,18 +323,43 @@ class FileClient(StagingClient):
         return True
 
     def delete(self, key: str) -> None:
-        for name in (_SLOTS[key], _NPY[key], _BIN[key]):
+        self._kept_files().drop(key)
+        self._unlink_slots(_SLOTS[key])
+        for name in (_NPY[key], _BIN[key]):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=self._dir.fd)
 
     def clean(self, prefix: str) -> int:
         start = quote(prefix, safe="")
         removed = 0
+        self._kept_files().drop_all()
         for entry in os.scandir(self.root):
             if entry.name.startswith(start) and entry.name.endswith(_SUFFIXES):
-                Path(entry.path).unlink(missing_ok=True)
+                if entry.name.endswith(".slots"):
+                    self._unlink_slots(entry.name)
+                else:
+                    Path(entry.path).unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    def _unlink_slots(self, name: str) -> None:
+        """Retire the slots file ``name`` (readers that keep it open then look again by name), then unlink it."""
+        deadline = time.monotonic() + _LOCK_DEADLINE_S
+        while True:
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir.fd)
+            except FileNotFoundError:
+                return
+            try:
+                slots = _Slots(fd, name)
+                slots.lock()
+                if slots.current(self._dir.fd, name):
+                    slots.retire()
+                    os.unlink(name, dir_fd=self._dir.fd)
+                    return
+            finally:
+                os.close(fd)
+            _check_deadline(deadline, name)
 
     def _header(self, dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
         """The .npy header of ``dtype`` and ``shape``; the last one is kept at hand (a dict lookup costs more)."""
@@ -321,40 +388,57 @@ class FileClient(StagingClient):
     def _put_slots(self, key: str, header: bytes, arr: np.ndarray) -> None:
         """Write ``arr`` in place into the key's free slot; a new slots file only for the first put or a new size."""
         need = _SLOT_HEAD + len(header) + arr.nbytes
-        try:
-            fd = os.open(_SLOTS[key], os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir.fd)
-        except FileNotFoundError:
-            self._new_slots(key, header, arr, need)
-            return
-        try:
-            slots = _Slots(fd, key)
-            slots.lock()
-            gray, capacity = slots.control()
-            if not _fits(need, capacity):  # a bigger value, or one far smaller: a new file, swapped in
-                self._new_slots(key, header, arr, need)
-                return
+        name, deadline = _SLOTS[key], time.monotonic() + _LOCK_DEADLINE_S
+        while True:
             try:
-                slots.write(gray, capacity, header, arr, need)
-            except OSError as exc:
-                if _is_full(exc):
-                    raise self._full(key) from None
-                raise
-        finally:
-            os.close(fd)  # releases the lock
+                fd = os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir.fd)
+            except FileNotFoundError:
+                if self._new_slots(key, header, arr, need, None):
+                    return
+                continue  # another put made the file first: write into it
+            try:
+                slots = _Slots(fd, key)
+                slots.lock()
+                gray, capacity, retired = slots.control()
+                if retired and not slots.current(self._dir.fd, name):
+                    pass  # replaced or deleted meanwhile: look again by name
+                elif retired or not _fits(need, capacity):  # a bigger value, or one far smaller (or a put that
+                    self._new_slots(key, header, arr, need, fd)  # died replacing): a new file, swapped in
+                    return
+                else:
+                    try:
+                        slots.write(gray, capacity, header, arr, need)
+                    except OSError as exc:
+                        if _is_full(exc):
+                            raise self._full(key) from None
+                        raise
+                    return
+            finally:
+                os.close(fd)  # releases the lock
+            _check_deadline(deadline, key)
 
-    def _new_slots(self, key: str, header: bytes, arr: np.ndarray, need: int) -> None:
-        """A slots file sized for ``need`` holding ``arr`` as generation 2, renamed over the key's file."""
+    def _new_slots(self, key: str, header: bytes, arr: np.ndarray, need: int, old: int | None) -> bool:
+        """A slots file sized for ``need`` holding ``arr`` as generation 2, put under the key's name.
+
+        ``old``: the key's slots file, locked; it is retired just before the new one replaces it.
+        Without ``old`` the new file is placed only if the name is free (else False): a file
+        replaced without being retired would keep serving readers that hold it open.
+        """
         capacity = -(-need // _PAGE) * _PAGE
-        control = _CONTROL.pack(_SLOTS_MAGIC, _gray(2), capacity).ljust(_PAGE, b"\0")
-        self._write_atomic(key, _SLOTS[key], (control, _seq_block(2), header, arr),
-                           _PAGE + _SLOT_HEAD + len(header) + arr.nbytes)
+        control = _CONTROL.pack(_SLOTS_MAGIC, _gray(2), capacity, _LIVE).ljust(_PAGE, b"\0")
+        return self._write_atomic(key, _SLOTS[key], (control, _seq_block(2), header, arr),
+                                  _PAGE + _SLOT_HEAD + len(header) + arr.nbytes, new_slots=True, retire=old)
 
     def _full(self, key: str) -> StagingFullError:
         return StagingFullError(f"No space left in {self.root} for {key!r}: free space or choose "
                                 "another staging path (--simai-staging-path)")
 
-    def _write_atomic(self, key: str, name: str, parts: tuple[Any, ...], nbytes: int) -> None:
-        """Write ``parts`` to a fresh temp file and put it under ``name``: readers see the old value or the new."""
+    def _write_atomic(self, key: str, name: str, parts: tuple[Any, ...], nbytes: int,
+                      new_slots: bool = False, retire: int | None = None) -> bool:
+        """Write ``parts`` to a fresh temp file and put it under ``name``: readers see the old value or the new.
+
+        ``new_slots``: a slots file, which replaces only the file ``retire`` (retired first), or no file (else False).
+        """
         tmp, dir_fd = _temp_name(), self._dir.fd
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -362,7 +446,15 @@ class FileClient(StagingClient):
                 _writev_all(fd, parts, nbytes)
             finally:
                 os.close(fd)
+            if new_slots and retire is None:
+                placed = self._dir.place_new(tmp, name)
+                if not placed:
+                    os.unlink(tmp, dir_fd=dir_fd)
+                return placed
+            if retire is not None:
+                _Slots(retire, key).retire()
             self._dir.replace(tmp, name)
+            return True
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
@@ -378,17 +470,27 @@ def _is_full(exc: OSError) -> bool:
 
 
 # The slots file: a control page, then two slots of ``capacity`` bytes each (a multiple of the page).
-#   control: magic, published generation g (Gray-coded), capacity
+#   control: magic, published generation g (Gray-coded), capacity, retired mark (set, under the
+#   writer lock, before the file is replaced or unlinked; readers that keep it open then look again)
 #   slot g % 2 at _PAGE + (g % 2) * capacity: sequence block (g, Gray-coded, in its first 8 bytes),
 #   .npy header, data.
 # Generations are Gray-coded so that the two values a concurrent read of a word can mix differ in
 # one byte: a read that overlaps the store gets the old value or the new one, never a third.
 _PAGE = 4096
 _SLOT_HEAD = 64  # the sequence block; keeps the header, and so the data, 64-byte aligned
-_SLOTS_MAGIC = b"SIMAISL1"
-_CONTROL = struct.Struct("<8s8sQ")  # magic, published generation (Gray), slot capacity
+_SLOTS_MAGIC = b"SIMAISL2"
+_CONTROL = struct.Struct("<8s8sQ8s")  # magic, published generation (Gray), slot capacity, retired mark
+_LIVE, _RETIRED = bytes(8), b"\xff" * 8
 _READ_DEADLINE_S = 10.0  # a get that puts keep overwriting gives up after this
 _LOCK_DEADLINE_S = 10.0  # a put waits this long for another put of the key
+_KEEP_OPEN = 16  # slots files a client keeps open per thread (the least recently read one goes first)
+_IDLE_CLOSE_S = 1.0  # a kept file unread this long is closed when the thread opens another
+_RECHECK_S = 0.01  # how often a kept file is checked for removal behind the backend's back (rm, rmtree)
+
+
+def _check_deadline(deadline: float, key: str) -> None:
+    if time.monotonic() > deadline:
+        raise StagingTimeoutError(f"{key!r}: the key's file kept being replaced for {_LOCK_DEADLINE_S:g} s")
 
 
 def _gray(generation: int) -> bytes:
@@ -415,15 +517,13 @@ def _seq_block(generation: int) -> bytes:
 
 
 class _Slots:
-    """The in-place protocol on one open slots file: a seqlock over two slots.
+    """The in-place protocol on one open slots file: a seqlock over two slots (the writer's side).
 
     A put (under an exclusive ``flock``, so puts of one key take turns) reads the published
     generation g, writes generation g+1 into the other slot with one ``pwritev`` of sequence
-    block, header and data, in that order, and then publishes g+1 with one ``pwrite``. A get reads
-    the published g, then (one ``preadv``) slot g % 2's sequence block, header and data, then
-    that sequence block once more: unless both reads say g, the next put into this slot may have
-    started and the get starts over. The slot of the published value is never written, so a put
-    that dies part-way leaves the last value whole; the lock goes with its process.
+    block, header and data, in that order, and then publishes g+1 with one ``pwrite``. The slot
+    of the published value is never written, so a put that dies part-way leaves the last value
+    whole; the lock goes with its process. Reads: :class:`_Kept`.
     """
 
     __slots__ = ("fd", "key")
@@ -445,12 +545,25 @@ class _Slots:
                                               f"{_LOCK_DEADLINE_S:g} s") from None
                 time.sleep(1e-4)
 
-    def control(self) -> tuple[bytes, int]:
-        """The published generation (Gray-coded) and the slot capacity."""
+    def control(self) -> tuple[bytes, int, bool]:
+        """The published generation (Gray-coded), the slot capacity, and whether the file is retired."""
         control = os.pread(self.fd, _CONTROL.size, 0)
         if control[:8] != _SLOTS_MAGIC:
             raise ValueError(f"{self.key!r}: not a slots file")
-        return control[8:16], int.from_bytes(control[16:24], "little")
+        return control[8:16], int.from_bytes(control[16:24], "little"), control[24:] != _LIVE
+
+    def current(self, dir_fd: int, name: str) -> bool:
+        """Whether this (locked) file is still the one under ``name``: not retired, or retired by a put that died."""
+        if os.pread(self.fd, 8, 24) == _LIVE:
+            return True
+        try:
+            return os.stat(name, dir_fd=dir_fd).st_ino == os.fstat(self.fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def retire(self) -> None:
+        """Mark the file as about to leave its name (under :meth:`lock`)."""
+        os.pwrite(self.fd, _RETIRED, 24)
 
     def write(self, gray: bytes, capacity: int, header: bytes, arr: np.ndarray, need: int) -> None:
         """Write the generation after ``gray`` into the free slot, then publish it (under :meth:`lock`)."""
@@ -462,35 +575,91 @@ class _Slots:
             _write_rest(self.fd, parts, written, offset)
         os.pwrite(self.fd, _gray(generation), 8)
 
-    def read(self, out: np.ndarray | None, expected: bytes | None) -> np.ndarray:
-        """The published value: into ``out`` if given (``expected``: the header ``out`` implies).
 
-        The common case (``out`` given and matching) is one ``pread`` of the control block, one
-        ``preadv`` of sequence block, header and data, and one ``pread`` of the sequence word.
+class _Kept:
+    """A slots file a thread keeps open to read one key, and the generation its last get found there.
+
+    A get reads the published generation g (one ``pread`` of the control block), slot g % 2's
+    sequence block, header and data (one ``preadv``), then the control block again: unless it
+    still says g, a put into that slot may have started, and the get starts over with what it
+    just read. A get that finds the generation the last get found (the value did not change)
+    guesses it the next time: it reads the slot first, then the control block once, so a value
+    read again costs one ``preadv`` and one ``pread``. That is safe because g was published
+    (its slot whole) before the last get's read, and a control block still saying g afterwards
+    means no put of g+2 (the next into that slot) began in between.
+
+    A file whose control block is marked retired (a put replaced it, or a delete removed it) is
+    no longer the key's: :meth:`read` returns None and the caller opens the key's name again.
+    Removal behind the backend's back (``rm``, ``rmtree``) is seen by ``fstat`` within
+    :data:`_RECHECK_S`.
+    """
+
+    __slots__ = ("checked", "fd", "gray", "key", "offset", "seen", "stable", "used")
+
+    def __init__(self, fd: int, key: str, now: float) -> None:
+        self.fd, self.key = fd, key
+        self.gray, self.offset, self.seen, self.stable = b"", 0, b"", False  # seen: the control block, if live
+        self.used = self.checked = now
+
+    def control(self, control: bytes) -> tuple[bytes, int, bool]:
+        """The published generation (Gray-coded), its slot's offset, and whether the file is retired."""
+        if not control.startswith(_SLOTS_MAGIC):
+            raise ValueError(f"{self.key!r}: not a slots file")
+        gray = control[8:16]
+        parity = int.from_bytes(gray, "little").bit_count() & 1
+        return gray, _PAGE + parity * int.from_bytes(control[16:24], "little"), control[24:] != _LIVE
+
+    def read(self, out: np.ndarray | None, expected: bytes | None, fresh: bool) -> np.ndarray | None:
+        """The published value, into ``out`` if given (``expected``: the header ``out`` implies).
+
+        None if the file is no longer the key's. ``fresh``: the file was opened by name for this
+        get, so it is read even if retired (it was the key's when opened).
         """
-        fd, deadline = self.fd, 0.0
-        while True:
+        fd = self.fd
+        now = self.used = time.monotonic()
+        if not fresh and now - self.checked > _RECHECK_S:
+            if os.fstat(fd).st_nlink == 0:
+                return None
+            self.checked = now
+        into = out is not None and expected is not None
+        if self.stable and into and self._into(out, expected, self.gray, self.offset):
             control = os.pread(fd, _CONTROL.size, 0)
-            if not control.startswith(_SLOTS_MAGIC):
-                raise ValueError(f"{self.key!r}: not a slots file")
-            gray = control[8:16]
-            offset = _PAGE + (int.from_bytes(gray, "little").bit_count() & 1) * int.from_bytes(control[16:], "little")
-            if expected is not None and out is not None:
-                head = bytearray(_SLOT_HEAD + len(expected))
-                buffers: list[Any] = [head, out]
-                try:
-                    n = os.preadv(fd, buffers, offset)
-                except (ValueError, BufferError):  # `out` not C-contiguous or not writable: parsed below
-                    n = -1
-                if (n == len(head) + out.nbytes and head.startswith(gray) and head.endswith(expected)
-                        and os.pread(fd, 8, offset) == gray):
+            if control == self.seen:  # the same generation, published before the read and after: whole
+                return out
+        else:
+            control = os.pread(fd, _CONTROL.size, 0)
+        gray, offset, retired = self.control(control)
+        self.stable = gray == self.gray
+        deadline = 0.0
+        while True:
+            if retired and not fresh:
+                return None
+            self.gray, self.offset, self.seen = gray, offset, b"" if retired else control
+            if into and self._into(out, expected, gray, offset):
+                control = os.pread(fd, _CONTROL.size, 0)
+                if control[8:16] == self.gray:
                     return out
-            got = self._read_parsed(gray, offset, out)
-            if got is not None:
-                return got
+            else:
+                got = self._read_parsed(gray, offset, out)
+                if got is not None:
+                    return got
+                control = os.pread(fd, _CONTROL.size, 0)
+            gray, offset, retired = self.control(control)
             deadline = deadline or time.monotonic() + _READ_DEADLINE_S
             if time.monotonic() > deadline:
                 raise StagingTimeoutError(f"{self.key!r}: puts overwrote the value throughout {_READ_DEADLINE_S:g} s of reads")
+
+    def _into(self, out: Any, expected: Any, gray: bytes, offset: int) -> bool:
+        """One ``preadv`` of the slot at ``offset`` into ``out``: whether it came whole, of ``gray`` and ``expected``.
+
+        Whether a put overlapped the read is the caller's check.
+        """
+        head = bytearray(_SLOT_HEAD + len(expected))
+        try:
+            n = os.preadv(self.fd, [head, out], offset)
+        except (ValueError, BufferError):  # `out` not C-contiguous or not writable: parsed instead
+            return False
+        return n == len(head) + out.nbytes and head.startswith(gray) and head.endswith(expected)
 
     def _read_parsed(self, gray: bytes, offset: int, out: np.ndarray | None) -> np.ndarray | None:
         """Parse the slot's header, read its data into ``out`` (checked) or a new array; None if a put came in between."""
@@ -504,6 +673,49 @@ class _Slots:
                 raise  # the slot held our generation throughout: the error is real
             return None
         return got if os.pread(self.fd, 8, offset) == gray else None
+
+
+class _KeptFiles(dict[str, _Kept]):
+    """One thread's kept slots files, by key (at most :data:`_KEEP_OPEN`).
+
+    :meth:`child` makes one per thread, and :meth:`close_all` on the parent closes every thread's.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._children: list[_KeptFiles] = []
+        self._lock = threading.Lock()
+
+    def child(self) -> _KeptFiles:
+        kept_files = _KeptFiles()
+        with self._lock:
+            self._children.append(kept_files)
+        return kept_files
+
+    def add(self, key: str, fd: int) -> _Kept:
+        """Keep ``fd`` for ``key``; files unread for :data:`_IDLE_CLOSE_S`, and the oldest past the limit, close."""
+        now = time.monotonic()
+        for old in [k for k, kept in self.items() if now - kept.used > _IDLE_CLOSE_S]:
+            self.drop(old)
+        if len(self) >= _KEEP_OPEN:
+            self.drop(min(self, key=lambda k: self[k].used))
+        kept = self[key] = _Kept(fd, key, now)
+        return kept
+
+    def drop(self, key: str) -> None:
+        kept = self.pop(key, None)
+        if kept is not None:
+            os.close(kept.fd)
+
+    def drop_all(self) -> None:
+        while self:
+            self.drop(next(iter(self)))
+
+    def close_all(self) -> None:
+        with self._lock:
+            for kept_files in self._children:
+                kept_files.drop_all()
+            self._children.clear()
 
 
 def _write_rest(fd: int, parts: tuple[Any, ...], written: int, offset: int | None = None) -> None:
