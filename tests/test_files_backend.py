@@ -356,6 +356,7 @@ def test_a_writer_killed_mid_put_leaves_a_whole_value_and_no_lock(shm: Path) -> 
     rng = np.random.default_rng(0)
     script = _WRITER.replace("shapes = [(1 << 19,), (1 << 17, 4), (1 << 16,)]", "shapes = [(1 << 22,)] * 3")
     with FileClient("nodelocal", shm) as client:
+        client.put_tensor("shared", np.full(1 << 22, 7, np.uint16))  # a value even if the first kill comes early
         for attempt in range(5):
             with subprocess.Popen([sys.executable, "-c", script, str(shm), str(10 * attempt + 1), "30"],
                                   stdout=subprocess.PIPE, text=True) as writer:
@@ -520,6 +521,8 @@ def test_a_kept_file_removed_behind_the_backends_back_is_noticed(shm: Path, monk
         time.sleep(files._RECHECK_S * 2)
         with pytest.raises(FileNotFoundError, match="was removed"):
             client.get_tensor("rm", out=out)
+        with pytest.raises(FileNotFoundError, match="was removed"):
+            client.put_tensor("rm", np.ones(100))
 
 
 def _open_fds() -> set[str]:
@@ -573,3 +576,79 @@ def test_a_file_retired_by_a_put_that_died_is_read_and_replaced(shm: Path) -> No
         assert files._Slots(os.open(shm / "dead.slots", os.O_RDONLY), "dead").control()[2] is False
         writer.delete("dead")
         assert not writer.exists("dead") and reader.get_tensor("dead") is None
+
+
+def test_threads_of_one_client_take_turns_putting_a_key(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each thread keeps its own descriptor, so the writer lock (flock, per open file) also keeps two threads
+    of one client apart: no two slot writes at once, and every read (a third thread) one whole value."""
+    n = 1 << 20
+    inside, overlaps, errors, seen = [0], [0], [], set()
+    real_write = files._Slots.write
+
+    def write_alone(self: files._Slots, *args: object) -> None:
+        inside[0] += 1
+        overlaps[0] += inside[0] > 1
+        try:
+            real_write(self, *args)  # type: ignore[arg-type]
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(files._Slots, "write", write_alone)
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("threads", np.full(n, 1, np.uint16))
+        stop = threading.Event()
+
+        def write(fill: int) -> None:
+            value = np.full(n, fill, np.uint16)
+            while not stop.is_set():
+                client.put_tensor("threads", value)
+
+        def read() -> None:
+            out = np.empty(n, np.uint16)
+            while not stop.is_set():
+                try:
+                    client.get_tensor("threads", out=out)
+                except Exception as exc:  # reported by the main thread
+                    errors.append(exc)
+                    return
+                if not np.all(out == out[0]):
+                    errors.append(np.unique(out)[:5])
+                seen.add(int(out[0]))
+
+        threads = [threading.Thread(target=write, args=(fill,)) for fill in (1, 2)] + [threading.Thread(target=read)]
+        for thread in threads:
+            thread.start()
+        time.sleep(2.0)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        last = client.get_tensor("threads")
+    assert overlaps[0] == 0, f"{overlaps[0]} slot writes ran while another was running"
+    assert not errors, f"mixed reads: {errors[:3]}"
+    assert seen == {1, 2} and last is not None and np.all(last == last[0])
+
+
+def test_a_forked_child_does_not_share_the_parents_writer_lock(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child forked while the parent holds a key's lock (mid-put) must wait for it: the child closes its copies
+    of the parent's kept descriptors, whose flock it would otherwise share."""
+    monkeypatch.setattr(files, "_LOCK_DEADLINE_S", 0.3)
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("fork", np.ones(10))  # makes the file
+        client.put_tensor("fork", np.zeros(10))  # keeps it open
+        kept = client._thread_files("writers")["fork"]
+        fcntl.flock(kept.fd, fcntl.LOCK_EX)  # the parent, mid-put
+        pid = os.fork()
+        if pid == 0:  # the child: its put must time out on the parent's lock
+            code = 3
+            try:
+                client.put_tensor("fork", np.ones(10))
+            except StagingTimeoutError:
+                code = 0
+            except BaseException:
+                code = 4
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        fcntl.flock(kept.fd, fcntl.LOCK_UN)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child's put did not wait for the parent's lock"
+        np.testing.assert_array_equal(client.get_tensor("fork"), np.zeros(10))

@@ -231,7 +231,7 @@ class FileClient(StagingClient):
         self._last_header: tuple[Any, Any, bytes] = (None, None, b"")
         self.in_place = backend == "nodelocal" if in_place is None else in_place
         self._local = threading.local()  # each thread keeps its own slots files open: no fd is shared
-        self._kept: _KeptFiles = _KeptFiles()
+        self._kept = _ClientFiles()
         self._finalizer = weakref.finalize(self, self._kept.close_all)
 
     def close(self) -> None:
@@ -274,7 +274,7 @@ class FileClient(StagingClient):
     def _get_slots(self, key: str, out: np.ndarray | None) -> np.ndarray | None:
         """The value of the key's slots file, through the descriptor this thread keeps; None if there is no such file."""
         expected = None if out is None else self._header(out.dtype, out.shape)
-        kept_files = self._kept_files()
+        kept_files = getattr(self._local, "readers", None) or self._thread_files("readers")
         kept = kept_files.get(key)
         if kept is not None:
             got = kept.read(out, expected, fresh=False)
@@ -287,12 +287,13 @@ class FileClient(StagingClient):
             return None
         return kept_files.add(key, fd).read(out, expected, fresh=True)
 
-    def _kept_files(self) -> _KeptFiles:
-        try:
-            return cast(_KeptFiles, self._local.kept)
-        except AttributeError:
-            kept_files = self._local.kept = self._kept.child()
-            return kept_files
+    def _thread_files(self, role: str) -> _KeptFiles:
+        """This thread's kept files for gets (``readers``) or puts (``writers``)."""
+        kept_files = getattr(self._local, role, None)
+        if kept_files is None:
+            kept_files = self._kept.child()
+            setattr(self._local, role, kept_files)
+        return cast(_KeptFiles, kept_files)
 
     def put_bytes(self, key: str, data: bytes | memoryview) -> None:
         self._write_atomic(key, _BIN[key], (data,), memoryview(data).nbytes)
@@ -323,7 +324,8 @@ class FileClient(StagingClient):
         return True
 
     def delete(self, key: str) -> None:
-        self._kept_files().drop(key)
+        self._thread_files("readers").drop(key)
+        self._thread_files("writers").drop(key)
         self._unlink_slots(_SLOTS[key])
         for name in (_NPY[key], _BIN[key]):
             with contextlib.suppress(FileNotFoundError):
@@ -332,7 +334,8 @@ class FileClient(StagingClient):
     def clean(self, prefix: str) -> int:
         start = quote(prefix, safe="")
         removed = 0
-        self._kept_files().drop_all()
+        self._thread_files("readers").drop_all()
+        self._thread_files("writers").drop_all()
         for entry in os.scandir(self.root):
             if entry.name.startswith(start) and entry.name.endswith(_SUFFIXES):
                 if entry.name.endswith(".slots"):
@@ -389,33 +392,49 @@ class FileClient(StagingClient):
         """Write ``arr`` in place into the key's free slot; a new slots file only for the first put or a new size."""
         need = _SLOT_HEAD + len(header) + arr.nbytes
         name, deadline = _SLOTS[key], time.monotonic() + _LOCK_DEADLINE_S
+        writers = self._thread_files("writers")
         while True:
-            try:
-                fd = os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir.fd)
-            except FileNotFoundError:
-                if self._new_slots(key, header, arr, need, None):
-                    return
-                continue  # another put made the file first: write into it
-            try:
-                slots = _Slots(fd, key)
-                slots.lock()
-                gray, capacity, retired = slots.control()
-                if retired and not slots.current(self._dir.fd, name):
-                    pass  # replaced or deleted meanwhile: look again by name
-                elif retired or not _fits(need, capacity):  # a bigger value, or one far smaller (or a put that
-                    self._new_slots(key, header, arr, need, fd)  # died replacing): a new file, swapped in
-                    return
-                else:
-                    try:
-                        slots.write(gray, capacity, header, arr, need)
-                    except OSError as exc:
-                        if _is_full(exc):
-                            raise self._full(key) from None
-                        raise
-                    return
-            finally:
-                os.close(fd)  # releases the lock
+            kept = writers.get(key)
+            if kept is None or kept.removed():
+                writers.drop(key)
+                try:
+                    fd = os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir.fd)
+                except FileNotFoundError:
+                    if self._new_slots(key, header, arr, need, None):
+                        return
+                    continue  # another put made the file first: write into it
+                kept = writers.add(key, fd)
+            written = self._put_into(kept.fd, key, name, header, arr, need)
+            if written is not None:
+                if not written:  # it replaced the file: the one kept is retired
+                    writers.drop(key)
+                return
+            writers.drop(key)  # replaced or deleted meanwhile: look again by name
             _check_deadline(deadline, key)
+
+    def _put_into(self, fd: int, key: str, name: str, header: bytes, arr: np.ndarray, need: int) -> bool | None:
+        """Under the key's lock, write ``arr`` into the free slot of ``fd`` (True), or swap in a new file (False).
+
+        None if ``fd`` is no longer the key's file.
+        """
+        slots = _Slots(fd, key)
+        slots.lock()
+        try:
+            gray, capacity, retired = slots.control()
+            if retired and not slots.current(self._dir.fd, name):
+                return None
+            if retired or not _fits(need, capacity):  # a bigger value, or one far smaller (or a put that died
+                self._new_slots(key, header, arr, need, fd)  # replacing): a new file, swapped in
+                return False
+            try:
+                slots.write(gray, capacity, header, arr, need)
+            except OSError as exc:
+                if _is_full(exc):
+                    raise self._full(key) from None
+                raise
+            return True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _new_slots(self, key: str, header: bytes, arr: np.ndarray, need: int, old: int | None) -> bool:
         """A slots file sized for ``need`` holding ``arr`` as generation 2, put under the key's name.
@@ -594,12 +613,26 @@ class _Kept:
     :data:`_RECHECK_S`.
     """
 
-    __slots__ = ("checked", "fd", "gray", "key", "offset", "seen", "stable", "used")
+    __slots__ = ("checked", "expected", "fd", "gray", "head", "key", "offset", "seen", "stable", "total", "used",
+                 "want")
 
     def __init__(self, fd: int, key: str, now: float) -> None:
         self.fd, self.key = fd, key
         self.gray, self.offset, self.seen, self.stable = b"", 0, b"", False  # seen: the control block, if live
         self.used = self.checked = now
+        # The guess: slot head (sequence block and header) of the last value read into an `out` of header
+        # `expected`, a buffer for the next one, and the bytes that preadv brings.
+        self.expected: bytes | None = None
+        self.want, self.head, self.total = b"", bytearray(), 0
+
+    def removed(self) -> bool:
+        """Whether the file lost its last name behind the backend's back (checked every :data:`_RECHECK_S`)."""
+        now = self.used = time.monotonic()
+        if now - self.checked > _RECHECK_S:
+            if os.fstat(self.fd).st_nlink == 0:
+                return True
+            self.checked = now
+        return False
 
     def control(self, control: bytes) -> tuple[bytes, int, bool]:
         """The published generation (Gray-coded), its slot's offset, and whether the file is retired."""
@@ -616,16 +649,18 @@ class _Kept:
         get, so it is read even if retired (it was the key's when opened).
         """
         fd = self.fd
-        now = self.used = time.monotonic()
-        if not fresh and now - self.checked > _RECHECK_S:
-            if os.fstat(fd).st_nlink == 0:
-                return None
-            self.checked = now
+        if not fresh and self.removed():
+            return None
         into = out is not None and expected is not None
-        if self.stable and into and self._into(out, expected, self.gray, self.offset):
+        if self.stable and into and expected is self.expected:  # guess: the value read last, into the same kind of out
+            buffers: list[Any] = [self.head, out]
+            try:
+                n = os.preadv(fd, buffers, self.offset)
+            except (ValueError, BufferError):  # `out` not C-contiguous or not writable: parsed below
+                n = -1
             control = os.pread(fd, _CONTROL.size, 0)
-            if control == self.seen:  # the same generation, published before the read and after: whole
-                return out
+            if control == self.seen and n == self.total and self.head == self.want:
+                return out  # the same generation, published before the read and after: whole
         else:
             control = os.pread(fd, _CONTROL.size, 0)
         gray, offset, retired = self.control(control)
@@ -659,7 +694,10 @@ class _Kept:
             n = os.preadv(self.fd, [head, out], offset)
         except (ValueError, BufferError):  # `out` not C-contiguous or not writable: parsed instead
             return False
-        return n == len(head) + out.nbytes and head.startswith(gray) and head.endswith(expected)
+        if n != len(head) + out.nbytes or not head.startswith(gray) or not head.endswith(expected):
+            return False
+        self.expected, self.want, self.head, self.total = expected, bytes(head), head, n  # the next guess
+        return True
 
     def _read_parsed(self, gray: bytes, offset: int, out: np.ndarray | None) -> np.ndarray | None:
         """Parse the slot's header, read its data into ``out`` (checked) or a new array; None if a put came in between."""
@@ -676,24 +714,10 @@ class _Kept:
 
 
 class _KeptFiles(dict[str, _Kept]):
-    """One thread's kept slots files, by key (at most :data:`_KEEP_OPEN`).
-
-    :meth:`child` makes one per thread, and :meth:`close_all` on the parent closes every thread's.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._children: list[_KeptFiles] = []
-        self._lock = threading.Lock()
-
-    def child(self) -> _KeptFiles:
-        kept_files = _KeptFiles()
-        with self._lock:
-            self._children.append(kept_files)
-        return kept_files
+    """One thread's kept slots files for gets or for puts, by key (at most :data:`_KEEP_OPEN`)."""
 
     def add(self, key: str, fd: int) -> _Kept:
-        """Keep ``fd`` for ``key``; files unread for :data:`_IDLE_CLOSE_S`, and the oldest past the limit, close."""
+        """Keep ``fd`` for ``key``; files unused for :data:`_IDLE_CLOSE_S`, and the oldest past the limit, close."""
         now = time.monotonic()
         for old in [k for k, kept in self.items() if now - kept.used > _IDLE_CLOSE_S]:
             self.drop(old)
@@ -711,11 +735,44 @@ class _KeptFiles(dict[str, _Kept]):
         while self:
             self.drop(next(iter(self)))
 
+
+class _ClientFiles:
+    """Every thread's kept files of one client: :meth:`child` makes one set per thread and role."""
+
+    def __init__(self) -> None:
+        self._children: list[_KeptFiles] = []
+        self._lock = threading.Lock()
+        _ALL_CLIENT_FILES.add(self)
+
+    def child(self) -> _KeptFiles:
+        kept_files = _KeptFiles()
+        with self._lock:
+            self._children.append(kept_files)
+        return kept_files
+
     def close_all(self) -> None:
         with self._lock:
             for kept_files in self._children:
                 kept_files.drop_all()
             self._children.clear()
+
+    def after_fork(self) -> None:
+        """In a forked child: close the copies of the parent's descriptors.
+
+        A copy shares the parent's open file, and so its ``flock``: a child's put would not wait for the parent's.
+        """
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        for kept_files in self._children:
+            kept_files.drop_all()
+
+
+def _after_fork() -> None:
+    for client_files in list(_ALL_CLIENT_FILES):
+        client_files.after_fork()
+
+
+_ALL_CLIENT_FILES: weakref.WeakSet[_ClientFiles] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _write_rest(fd: int, parts: tuple[Any, ...], written: int, offset: int | None = None) -> None:
