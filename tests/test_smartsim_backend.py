@@ -445,6 +445,7 @@ def test_nothing_outlives_stop(tmp_path, deployment):
     try:
         assert srv.socket is not None and srv.socket.is_socket() and srv.address == f"unix://{srv.socket}"
         assert srv.processes() and tcp_listening_ports(srv.processes()) == set()
+        assert backend.our_processes(0) == []  # port 0 names no DB (never another run's entrypoint)
         assert srv.exp_path.is_dir() and srv.exp_path.is_relative_to(tmp_path)
         c = backend.connect("smartsim", srv.address)
         c.put_tensor("x", np.arange(3))
@@ -612,8 +613,11 @@ def test_socket_directory_refuses_what_another_user_could_have_made(tmp_path, mo
         else:
             pytest.skip("making a directory of another user needs root")
     srv = backend.make_server("smartsim", load_profile("local"), tmp_path / "run")
-    with pytest.raises(NotPrivateError, match=r"simai-smartsim-.* must be a private directory of yours"):
-        srv.start()
+    try:
+        with pytest.raises(NotPrivateError, match=r"simai-smartsim-.* must be a private directory of yours"):
+            srv.start()
+    finally:
+        srv.stop()  # a start that wrongly succeeded leaves nothing running
     assert srv.socket is None and not srv.processes()
     assert not any(elsewhere.iterdir()) and (trap == "symlink" or not any(planted.iterdir()))
 
@@ -625,8 +629,11 @@ def test_socket_path_too_long_for_the_kernel_is_refused(tmp_path, monkeypatch):
     deep.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(deep))
     srv = backend.make_server("smartsim", load_profile("local"), tmp_path / "run")
-    with pytest.raises(BackendUnavailableError, match=r"longer than 100 bytes.*set TMPDIR"):
-        srv.start()
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"longer than 100 bytes.*set TMPDIR"):
+            srv.start()
+    finally:
+        srv.stop()
     assert not srv.processes()
 
 

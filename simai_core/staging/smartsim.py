@@ -503,6 +503,8 @@ def our_processes(marker: int | Path) -> list[int]:
     ``marker``: the DB's TCP port, or for a socket-only DB the path of its socket without the
     suffix (the socket and its config share it), which both command lines name.
     """
+    if marker == 0:  # no TCP port names no DB (a socket-only DB is found by its path)
+        return []
     if isinstance(marker, int):
         needles = {"redis-server": f":{marker} ", "smartsim": f"+port={marker} "}
     else:
