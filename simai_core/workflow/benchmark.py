@@ -158,9 +158,12 @@ def record_workflow(benchmark: Any, config: pytest.Config, request: pytest.Fixtu
     outcome = result.outcome
     events = write_sidecar(config, request.node.nodeid, result, tmp_path)
     sim = cfg.simulation
-    params = {**problem_params(cfg), "model": cfg.model_kind,
+    model = cfg.trainer.model
+    params = {**problem_params(cfg), "model": cfg.model_kind, "residual": getattr(model, "residual", None),
               "criterion": sim.criterion, "min_skill": sim.min_skill if sim.criterion == "skill" else None,
               "tolerance": sim.tolerance if sim.criterion == "mse" else None,
+              "check_points": sim.check_points,
+              "check_patch_points": sim.check_patch_points if cfg.model_kind == "gnn" else None,
               "train_interval": sim.train_interval, "sim_fraction": cfg.sim_fraction, "window": cfg.trainer.window,
               **asdict(cfg.cadence()), **result.detail()}
     extra: dict[str, Any] = {"outcome": outcome.model_dump(), "events": events}

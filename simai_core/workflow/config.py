@@ -72,6 +72,14 @@ class SimulationConfig(BaseModel):
                                      "0.5-0.9 (noisy); reference inputs on small: below 0")
     tolerance: float = Field(0.01, gt=0, description="Inference MSE of a successful check (criterion mse; reference 0.01)")
     success_checks: int = Field(5, ge=1, description="Consecutive successful checks that stop the workflow")
+    check_points: int | None = Field(
+        4096, ge=1, description="Interior points per rank the surrogate check judges: a fixed random sample, so a "
+                                "check costs the same at every size (the GNN predicts them on their k-hop "
+                                "neighbourhood, exactly as on the whole graph); None: every interior point, as the "
+                                "reference. Sizes with fewer points per rank (debug, small) judge every one")
+    check_patch_points: int = Field(
+        256, ge=1, description="GNN: the sample is drawn as patches of this many neighbouring points, so that their "
+                               "k-hop neighbourhoods overlap (the MLP's sample is scattered)")
     step_cost: Literal["sleep", "kernel"] = Field(
         "sleep", description="Emulated PDE work per step (mock): sleep (no CPU) or a real NumPy stencil kernel"
     )

@@ -90,6 +90,9 @@ class WorkflowResult(BaseModel):
         for key in ("graph_builder", "graph_edges", "data_path"):
             if key in sims[0].detail:
                 out[key] = sims[0].detail[key]
+        for key in ("check_nodes", "check_subgraph_nodes"):  # the surrogate check's sample, over all simulation ranks
+            if key in sims[0].detail:
+                out[key] = sum(int(r.detail[key]) for r in sims)
         for key in ("device", "dist_backend", "n_parameters"):
             if trainers and key in trainers[0].detail:
                 out[key] = trainers[0].detail[key]

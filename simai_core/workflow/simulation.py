@@ -7,8 +7,9 @@ before the timed loop. Every ``train_interval`` steps (a sync point, step 0 incl
 the producer leaves its training sample (inputs, then targets); the heads read the
 trainer's status, all ranks agree on it; if every scope has a checkpoint, each rank
 loads a newer one when there is one (the reference re-downloaded it at every check),
-predicts the targets from the inputs and the MSE over the interior points (the mock:
-all of them) is all-reduced; then every rank sends its sample, and after a barrier the
+predicts the targets of a fixed sample of ``check_points`` interior points (the mock:
+every point is interior; see :mod:`~simai_core.workflow.check`) and the MSE over the
+sample is all-reduced; then every rank sends its sample, and after a barrier the
 heads announce the step. The loop
 stops once ``success_checks`` consecutive checks succeeded (reason ``skill``: skill
 against persistence at least ``min_skill``, the default; reason ``tolerance``: MSE at
@@ -22,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from simai_core.models.config import GNNConfig
 from simai_core.solvers.base import FieldSource
 from simai_core.staging.base import StagingClient
+from simai_core.workflow.check import CheckSet, check_errors, check_set
 from simai_core.workflow.collective import agree
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.layout import Role
@@ -101,6 +104,7 @@ class Simulation:
     def _setup(self) -> None:
         self.detail |= self.fields.detail()
         self.graph = self._graph() if self.cfg.model_kind == "gnn" else None
+        self.check = self._check_set()
         with self.acc.section("wait"):
             self.role.comm.Barrier()
         if self.role.is_head:
@@ -129,6 +133,16 @@ class Simulation:
             with self.acc.section("meta", nbytes=array.nbytes, key=key.removeprefix(self.keys.prefix)):
                 self.client.put_tensor(key, array)
         return torch.from_numpy(edges), torch.from_numpy(coords.astype(np.float32))
+
+    def _check_set(self) -> CheckSet:
+        """The fixed sample this rank's checks judge, drawn once (the GNN's k-hop subgraph cut once)."""
+        model = self.cfg.trainer.model
+        hops = model.n_message_passing_layers if isinstance(model, GNNConfig) else 0
+        with self.acc.section("inference", what="check_set"):
+            check = check_set(self.fields.coords, self.fields.interior, self.graph, self.sim.check_points,
+                              self.sim.check_patch_points, hops, seed=1000 + self.role.rank)
+        self.detail["check_nodes"], self.detail["check_subgraph_nodes"] = check.n_judged, check.n_fed
+        return check
 
     def _loop(self) -> tuple[int, str]:
         interval = self.sim.train_interval
@@ -173,8 +187,6 @@ class Simulation:
         return dict(r for r in results if r is not None)
 
     def _infer(self, version: int, step: int) -> None:
-        import torch
-
         from simai_core.workflow import checkpoint
 
         if version > self.loaded_version:
@@ -188,18 +200,8 @@ class Simulation:
             self.loaded_version = version
         f = self.fields
         with self.acc.section("inference", step=step, version=self.loaded_version) as ev:
-            table = torch.from_numpy(f.sample.astype(np.float32))
-            edges, pos = self.graph if self.graph is not None else (torch.empty((2, 0), dtype=torch.long), torch.empty((0, 1)))
-            # Each checkpoint runs only a few times: the JIT's profiling runs (10x slower first calls for
-            # the GNN) would never pay off, so run it unoptimised.
-            with torch.jit.optimized_execution(False), torch.inference_mode():
-                pred = self.model(table[:, :f.n_in], edges, pos)
-            # Judged on the interior: the model cannot see across a face shared with another rank.
-            inside = torch.from_numpy(f.interior)
-            pred, target = pred[inside], table[inside, f.n_in:]
-            persistence = table[inside][:, list(f.persistence_columns)]  # predict no change
-            local = np.array([float(((pred - target) ** 2).sum()), float(pred.numel()),
-                              float(((persistence - target) ** 2).sum())])
+            # Judged on interior points only: the model cannot see across a face shared with another rank.
+            local = check_errors(self.model, f.sample, f.n_in, f.persistence_columns, self.check)
             ev["local_mse"] = local[0] / local[1] if local[1] else None
         with self.acc.section("wait", what="mse_allreduce") as ev:
             total = self.role.comm.allreduce(local)

@@ -1,0 +1,110 @@
+"""The simulation's surrogate check on a fixed sample of points (imports torch and SciPy lazily).
+
+Each check predicts the targets of ``check_points`` interior points of the rank, drawn
+once per run, instead of every point: its cost is then bounded by the sample, not by the
+problem size. The MLP's sample is scattered over the interior. The GNN's is drawn as
+patches of neighbouring points and predicted on the subgraph of their k-hop
+neighbourhood, k = message-passing layers. That prediction is exactly the whole graph's
+at those points (up to float rounding): the GNN aggregates by sum over in-edges and
+every other layer works per node or per edge, so after k blocks a node's value depends
+on its k-hop in-neighbourhood only. Patches keep those neighbourhoods overlapping (a
+6-hop ball on a kNN grid graph holds about 85 nodes, so thousands of scattered points
+would cover most of the graph).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+@dataclass(frozen=True)
+class CheckSet:
+    """What the check feeds the model and judges.
+
+    ``nodes``: rows of the sample fed to the model; ``centres``: positions in ``nodes`` whose
+    prediction is judged; ``edges`` and ``pos``: the graph on ``nodes`` (empty for the MLP).
+    """
+
+    nodes: Tensor
+    centres: Tensor
+    edges: Tensor
+    pos: Tensor
+
+    @property
+    def n_judged(self) -> int:
+        """Points whose prediction is judged."""
+        return int(self.centres.numel())
+
+    @property
+    def n_fed(self) -> int:
+        """Points (graph nodes) the model predicts."""
+        return int(self.nodes.numel())
+
+
+def sample_points(coords: np.ndarray, interior: np.ndarray, n: int | None, patch: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``n`` interior points (every interior point when ``n`` is None or covers them).
+
+    ``patch`` 1 draws them scattered; more draws patches of up to ``patch`` nearest
+    interior points around random unchosen seeds until ``n`` are chosen.
+    """
+    inside = np.flatnonzero(interior)
+    if n is None or n >= inside.size:
+        return inside
+    if patch <= 1:
+        return np.sort(rng.choice(inside, n, replace=False))
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(coords[inside])
+    chosen = np.zeros(inside.size, dtype=bool)
+    count = 0
+    while count < n:  # every round adds at least its seed, which is its own nearest point
+        seed = rng.choice(np.flatnonzero(~chosen))
+        _, near = tree.query(coords[inside[seed]], k=min(patch, n - count))
+        chosen[np.atleast_1d(near)] = True
+        count = int(chosen.sum())
+    return inside[chosen]
+
+
+def check_set(coords: np.ndarray, interior: np.ndarray, graph: tuple[Tensor, Tensor] | None, n: int | None,
+              patch: int, hops: int, seed: int) -> CheckSet:
+    """The check's sample: scattered for the MLP (``graph`` None); patches on their ``hops``-hop subgraph for the GNN."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    if graph is None:
+        points = torch.from_numpy(sample_points(coords, interior, n, 1, rng))
+        return CheckSet(points, torch.arange(points.numel()), torch.empty((2, 0), dtype=torch.long),
+                        torch.empty((0, 1)))
+    edges, pos = graph
+    points = torch.from_numpy(sample_points(coords, interior, n, patch, rng))
+    if points.numel() == pos.shape[0]:  # the whole graph: nothing to cut
+        return CheckSet(points, points, edges, pos)
+    from torch_geometric.utils import k_hop_subgraph
+
+    subset, sub_edges, mapping, _ = k_hop_subgraph(points, hops, edges, relabel_nodes=True,
+                                                   num_nodes=pos.shape[0], flow="source_to_target")
+    return CheckSet(subset, mapping, sub_edges, pos[subset])
+
+
+def check_errors(model: Any, sample: np.ndarray, n_in: int, persistence_columns: tuple[int, ...],
+                 check: CheckSet) -> np.ndarray:
+    """``[sum of squared errors, values judged, persistence's sum of squared errors]`` on the check's points."""
+    import torch
+
+    table = torch.from_numpy(sample[check.nodes.numpy()].astype(np.float32))
+    # Each checkpoint runs only a few times: the JIT's profiling runs (10x slower first calls for
+    # the GNN) would never pay off, so run it unoptimised.
+    with torch.jit.optimized_execution(False), torch.inference_mode():
+        pred = model(table[:, :n_in], check.edges, check.pos)[check.centres]
+    rows = table[check.centres]
+    target = rows[:, n_in:]
+    persistence = rows[:, list(persistence_columns)]  # predict no change
+    return np.array([float(((pred - target) ** 2).sum()), float(pred.numel()),
+                     float(((persistence - target) ** 2).sum())])
