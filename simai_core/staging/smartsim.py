@@ -361,14 +361,15 @@ class SmartSimServer(StagingServer):
         """Check and record what keeps other users out: the socket and no TCP port, or (TCP) warn."""
         if self.socket is not None:
             config = _redis_call(self._address, "config_get", pattern="*") or {}
-            if config.get("port") != "0" or config.get("unixsocketperm") != SOCKET_PERM:
+            sock, folder = os.lstat(self.socket), os.lstat(self.socket.parent)
+            mode = stat.S_IMODE(sock.st_mode)
+            if config.get("port") != "0" or not stat.S_ISSOCK(sock.st_mode) or mode & 0o077:
                 raise RuntimeError(f"The SmartSim DB at {self._address} is open to other users: TCP port "
-                                   f"{config.get('port')}, socket mode {config.get('unixsocketperm')}")
+                                   f"{config.get('port')}, socket mode {mode:04o}")
             self.protected_mode = config.get("protected-mode") == "yes"
-            self._access = {"transport": "unix", "socket": str(self.socket), "tcp_port": 0, "bind": None,
-                            "socket_mode": f"0{SOCKET_PERM}", "socket_owner_uid": os.geteuid(),
-                            "socket_dir_mode": f"{stat.S_IMODE(self.socket.parent.stat().st_mode):04o}",
-                            "access": UNIX_ACCESS}
+            self._access = {"transport": "unix", "socket": str(self.socket), "tcp_port": int(config["port"]),
+                            "bind": None, "socket_mode": f"{mode:04o}", "socket_owner_uid": sock.st_uid,
+                            "socket_dir_mode": f"{stat.S_IMODE(folder.st_mode):04o}", "access": UNIX_ACCESS}
             return
         host, port = self._address.rsplit(":", 1)
         self._access = {"transport": "tcp", "socket": None, "tcp_port": int(port), "bind": host, "access": TCP_ACCESS}
