@@ -11,7 +11,7 @@ pytest.importorskip("torch_geometric")
 
 from simai_core.models import GNNConfig, MLPConfig, build_model  # noqa: E402
 from simai_core.workflow import checkpoint  # noqa: E402
-from simai_core.workflow.check import CheckSet, check_errors, check_set, sample_points  # noqa: E402
+from simai_core.workflow.check import CheckSet, check_errors, check_set, k_hop_subgraph, sample_points  # noqa: E402
 from simai_core.workflow.config import ProblemConfig  # noqa: E402
 from simai_core.workflow.graph import knn_graph  # noqa: E402
 from simai_core.workflow.problem import WaveProblem  # noqa: E402
@@ -134,3 +134,16 @@ def test_sample_points_draws_exactly_n_interior_points_in_compact_patches():
     patched = check_set(coords, interior, graph, 4096, 256, 6, seed=0).n_fed
     scattered = check_set(coords, interior, graph, 4096, 1, 6, seed=0).n_fed
     assert patched < 0.25 * len(coords) < 0.5 * scattered
+
+
+@pytest.mark.parametrize("hops", [0, 1, 3])
+def test_k_hop_subgraph_matches_pyg(hops):
+    from torch_geometric.utils import k_hop_subgraph as pyg_k_hop_subgraph
+
+    coords, _, (edges, _) = mesh()
+    points = np.array([5, 40, 41, 700, 1000])
+    subset, sub_edges, centres = k_hop_subgraph(points, hops, edges.numpy(), len(coords))
+    want = pyg_k_hop_subgraph(torch.from_numpy(points), hops, edges, relabel_nodes=True, num_nodes=len(coords),
+                              flow="source_to_target")
+    for got, expected in zip((subset, sub_edges, centres), want[:3], strict=True):
+        np.testing.assert_array_equal(got, expected.numpy())

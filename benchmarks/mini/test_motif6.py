@@ -9,7 +9,9 @@ surrogate did not converge is recorded and fails the test unless
 ``--simai-allow-unconverged`` is given; "converged" means, by default, skill against
 persistence of at least ``--simai-min-skill`` (0.5) for 5 consecutive checks
 (``--simai-criterion mse`` restores the reference's absolute MSE rule), and a run called
-converged must beat persistence (skill > 0) whatever the criterion.
+converged must beat persistence (skill > 0) whatever the criterion. Each check judges a fixed
+sample of ``--simai-check-points`` points per simulation rank (default 4096, ``all``: every
+point; see :mod:`simai_core.workflow.check`), recorded in ``params``.
 
 ``test_online_training_streamed`` (marker ``adios2``) sends the snapshots over ADIOS2 SST
 streams instead, one per simulation rank to the trainer rank that owns it, in sync and
@@ -51,6 +53,9 @@ def motif6_config(config: pytest.Config, deployment: str, model: str,
         "deployment": deployment,
         "streamed_data": streamed.model_dump() if streamed is not None else None,
     }
+    if opt("--simai-check-points") is not None:  # "all": every interior point, as the reference
+        check = opt("--simai-check-points")
+        data["simulation"]["check_points"] = None if check == "all" else check
     if opt("--simai-sim-fraction") is not None:
         data["sim_fraction"] = opt("--simai-sim-fraction")
     return WorkflowConfig.model_validate(data)

@@ -83,14 +83,30 @@ def check_set(coords: np.ndarray, interior: np.ndarray, graph: tuple[Tensor, Ten
         return CheckSet(points, torch.arange(points.numel()), torch.empty((2, 0), dtype=torch.long),
                         torch.empty((0, 1)))
     edges, pos = graph
-    points = torch.from_numpy(sample_points(coords, interior, n, patch, rng))
-    if points.numel() == pos.shape[0]:  # the whole graph: nothing to cut
-        return CheckSet(points, points, edges, pos)
-    from torch_geometric.utils import k_hop_subgraph
+    points = sample_points(coords, interior, n, patch, rng)
+    if points.size == pos.shape[0]:  # the whole graph: nothing to cut
+        every = torch.from_numpy(points)
+        return CheckSet(every, every, edges, pos)
+    subset, sub_edges, centres = k_hop_subgraph(points, hops, edges.numpy(), pos.shape[0])
+    return CheckSet(torch.from_numpy(subset), torch.from_numpy(centres), torch.from_numpy(sub_edges), pos[subset])
 
-    subset, sub_edges, mapping, _ = k_hop_subgraph(points, hops, edges, relabel_nodes=True,
-                                                   num_nodes=pos.shape[0], flow="source_to_target")
-    return CheckSet(subset, mapping, sub_edges, pos[subset])
+
+def k_hop_subgraph(points: np.ndarray, hops: int, edges: np.ndarray, n_nodes: int) -> tuple[np.ndarray, ...]:
+    """The nodes within ``hops`` in-edges of ``points``, the edges among them, and where ``points`` landed.
+
+    As PyG's ``k_hop_subgraph`` (``flow="source_to_target"``, relabelled), in NumPy: importing
+    PyG costs the simulation seconds, and it runs the model from TorchScript without it.
+    Returns ``(subset, edges relabelled into subset, positions of points in subset)``.
+    """
+    inside = np.zeros(n_nodes, dtype=bool)
+    inside[points] = True
+    for _ in range(hops):
+        inside[edges[0, inside[edges[1]]]] = True  # senders of every edge into the set
+    subset = np.flatnonzero(inside)
+    relabel = np.full(n_nodes, -1, dtype=np.int64)
+    relabel[subset] = np.arange(subset.size)
+    kept = edges[:, inside[edges[0]] & inside[edges[1]]]
+    return subset, relabel[kept], relabel[points]
 
 
 def check_errors(model: Any, sample: np.ndarray, n_in: int, persistence_columns: tuple[int, ...],
