@@ -7,6 +7,7 @@ the measured one; select it with ``-m mini`` (3 to 5 minutes on 2 cores).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -177,6 +178,65 @@ def test_cold_and_fresh_key_curves_price_first_calls_and_snapshot_puts():
     estimate.render(pred, console)
     text = console.export_text()
     assert "latency from" in text and "cold get_tensor" in text and "fresh-key" in text
+
+
+WARM_LAT = 40 * LAT  # the synthetic backend's calls after work, with busy neighbours
+
+
+def _warm_benches(world: int) -> list[dict]:
+    """The ``busy_warm`` cold-call benchmarks of the synthetic backend (metadata ops and tensor puts and gets)."""
+    benches = []
+    for op, n in (("put_scalar", 8), ("get_scalar", 8), ("exists", 0)):
+        t = WARM_LAT + n / BW
+        simai = {"level": "micro", "backend": "redis", "world_size": world,
+                 "params": {"op": op, "idle_s": 0.5, "neighbours": "busy_warm"}}
+        benches.append(samples.bench("test_metadata_cold", f"redis-{op}-busy_warm", simai,
+                                     {"cold_latency_s": samples.fom(t, "s", "lower")}, t))
+    for op in ("put", "get"):
+        for n in (4096, 65536, 4 * 2**20):
+            t = WARM_LAT + n / BW
+            simai = {"level": "micro", "backend": "redis", "world_size": world,
+                     "params": {"op": op, "nbytes": n, "idle_s": 0.5, "neighbours": "busy_warm"}}
+            benches.append(samples.bench("test_tensor_cold", f"redis-{op}-{n}-busy_warm", simai,
+                                         {"cold_latency_s": samples.fom(t, "s", "lower")}, t))
+    return benches
+
+
+def test_warm_busy_curves_price_every_simulation_call_and_a_new_key_adds_its_surcharge():
+    doc = _micro_doc(4, 1.0, variants=True)
+    doc["benchmarks"] += samples.run_doc(_warm_benches(4))["benchmarks"]
+    model = cost_model([parse_run(doc, "micro")], "redis")
+    assert {"warm_busy:put_tensor", "warm_busy:get_tensor", "warm_busy:exists"} <= set(model.curves)
+    model.add(Curve("put_bytes", 4, (Sample(30000, LAT + 30000 / BW), Sample(170000, LAT + 170000 / BW))))
+    shape = workflow.shape(workflow.workflow_config("small", "mlp"), 4, fetches_per_sync=0.5, checkpoint_bytes=40000)
+    terms = {t.op.what: t for t in estimate.predict(model, shape, sync_steps=10).terms}
+    n = shape.snapshot_nbytes
+    surcharge = n / FRESH_BW - n / BW  # fresh-key minus back-to-back put at the snapshot's size
+    for what in ("snapshot put, first call", "snapshot put"):  # first call or not: after the sync point's work
+        put = terms[what]
+        assert put.cost.latency_s == pytest.approx(WARM_LAT)
+        assert put.cost.transfer_s == pytest.approx(n / BW + surcharge, rel=1e-3)  # put_scalar's 8 B: not quite linear
+        assert (put.latency_from, put.bytes_from) == ("warm_busy", "warm_busy + fresh-key")
+    fetch = terms["checkpoint fetch"]  # a byte string: the warm tensor get's curve, at its size
+    assert fetch.cost.seconds == pytest.approx(WARM_LAT + 40000 / BW) and fetch.latency_from == "warm_busy get_tensor"
+    assert terms["trainer status read"].cost.seconds == pytest.approx(WARM_LAT + 32 / BW)
+    assert terms["trainer error key (a get that finds nothing)"].cost.seconds == pytest.approx(WARM_LAT)
+    assert terms["snapshot get"].cost.seconds == pytest.approx(LAT + n / BW)  # the trainer's calls: back to back
+    # A heartbeat between syncs follows the step's sleep and the snapshot's build: cold when that build is short...
+    cold = estimate.predict(model, dataclasses.replace(shape, step_cpu_s=0.0), sync_steps=10).terms
+    beat = next(t for t in cold if t.op.what == "heartbeats between syncs")
+    assert beat.cost.latency_s == pytest.approx(COLD_LAT) and beat.latency_from == "cold"
+    # ... a call after work when the build takes more CPU than a scheduler tick (the medium snapshot here: ~15 ms).
+    warm = estimate.predict(model, dataclasses.replace(shape, step_cpu_s=0.02), sync_steps=10).terms
+    beat = next(t for t in warm if t.op.what == "heartbeats between syncs")
+    assert beat.cost.seconds == pytest.approx(WARM_LAT + 24 / BW) and beat.latency_from == "warm_busy"
+    assert workflow.step_cpu_s(workflow.workflow_config("small")) < workflow.WARM_AFTER_S  # 32 KiB: well under a tick
+    # A backend whose new keys cost less than overwrites (noise) adds nothing.
+    cheap = cost_model([parse_run(doc, "micro")], "redis")
+    cheap.curves["fresh_key:put_tensor"] = {4: Curve("fresh_key:put_tensor", 4, (Sample(1024, LAT), Sample(2**22, LAT)))}
+    cheap.add(Curve("put_bytes", 4, (Sample(30000, LAT + 30000 / BW), Sample(170000, LAT + 170000 / BW))))
+    put = {t.op.what: t for t in estimate.predict(cheap, shape, sync_steps=10).terms}["snapshot put"]
+    assert put.cost.seconds == pytest.approx(WARM_LAT + n / BW, rel=1e-3)
 
 
 def test_without_the_variants_the_prediction_falls_back_to_back_to_back_and_warns():

@@ -5,7 +5,17 @@
   (``test_metadata_cold``, ``test_tensor_cold``), as a workflow's component sleeps through its step.
   Their ``neighbours`` parameter: ``idle``, every rank sleeps then calls; ``busy``, the odd ranks
   compute (one CPU-bound thread each) through the idle time and the call while the even ranks sleep
-  then call, as a workflow's trainer ranks train while its simulation ranks sleep.
+  then call, as a workflow's trainer ranks train while its simulation ranks sleep; ``busy_warm``, as
+  ``busy``, but the calling ranks do not sleep: they compute :data:`WARM_S` after the round's barrier
+  (whose wait MPICH spends polling), then call, as the simulation does at a sync point (snapshot,
+  inference, collectives) before its staging calls. Its rounds are short, so it runs
+  :data:`WARM_ROUNDS` of them: the calls' times are heavy-tailed, and their mean needs many.
+
+Why ``busy_warm``: on a node whose cores the neighbours keep busy, a call that blocks for its reply
+waits for a CPU when the reply wakes it. A rank that has just slept gets one at once (the scheduler
+credits its sleep); a rank that has run past that credit waits behind the running neighbours, up to
+a scheduler tick and more. Measured in the motif-6 workflow, that run-queue wait was most of a
+simulation call's time.
 """
 
 from __future__ import annotations
@@ -26,6 +36,11 @@ IDLE_S = 0.5
 COLD_ROUNDS = 6
 #: A busy neighbour computes this long past the idle time, to cover the callers' timed call.
 BUSY_TAIL_S = 0.1
+#: ``busy_warm``: the callers compute this long before the call: more than a scheduler tick (4 ms at the
+#: common HZ=250), so any credit an earlier sleep gave them is spent, as after a sync point's work.
+WARM_S = 0.01
+#: Rounds of a ``busy_warm`` benchmark unless ``--simai-rounds`` says otherwise (no sleep: ~0.1 s each).
+WARM_ROUNDS = 40
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,15 +65,22 @@ def idle_s(pytestconfig: pytest.Config) -> float:
 
 
 @pytest.fixture
-def cold_rounds(pytestconfig: pytest.Config) -> int:
-    """Rounds of a cold-call benchmark: ``--simai-rounds``, else :data:`COLD_ROUNDS`."""
-    return int(pytestconfig.getoption("--simai-rounds") or COLD_ROUNDS)
+def cold_rounds(pytestconfig: pytest.Config, neighbours: str) -> int:
+    """Rounds of a cold-call benchmark: ``--simai-rounds``, else :data:`COLD_ROUNDS` (``busy_warm``: :data:`WARM_ROUNDS`)."""
+    return int(pytestconfig.getoption("--simai-rounds") or (WARM_ROUNDS if neighbours == "busy_warm" else COLD_ROUNDS))
 
 
-@pytest.fixture(params=["idle", "busy"])
+@pytest.fixture
+def cold_idle_s(idle_s: float, neighbours: str) -> float:
+    """Seconds a calling rank sleeps in each round: ``--simai-idle``; 0 with ``busy_warm`` (it computes instead)."""
+    return 0.0 if neighbours == "busy_warm" else idle_s
+
+
+@pytest.fixture(params=["idle", "busy", "busy_warm"])
 def neighbours(request: pytest.FixtureRequest) -> str:
-    """What the other ranks do while a cold call's rank sleeps: sleep too (``idle``) or compute (``busy``, odd ranks)."""
-    if request.param == "busy" and mpi.size() < 2:
+    """What the other ranks do while a cold call's rank sleeps: sleep too (``idle``) or compute (``busy``, odd ranks;
+    ``busy_warm``: the callers also compute :data:`WARM_S` before their call)."""
+    if request.param != "idle" and mpi.size() < 2:
         pytest.skip("busy neighbours need 2 or more ranks")
     return str(request.param)
 
@@ -83,9 +105,10 @@ def _compute(seconds: float) -> None:
 
 
 @pytest.fixture
-def after_idle(idle_s: float, neighbours: str) -> Callable[[PairedRounds], Callable[[], None]]:
+def after_idle(cold_idle_s: float, neighbours: str) -> Callable[[PairedRounds], Callable[[], None]]:
     """``after_idle(timing)``: a ``benchmark.pedantic`` setup: the round's barrier, then ``--simai-idle`` seconds of sleep
-    (a busy neighbour computes instead, through the callers' call too).
+    (a busy neighbour computes instead, through the callers' call too; ``busy_warm`` callers compute :data:`WARM_S`
+    instead of sleeping).
 
     The sleep comes after the barrier because MPICH's barrier busy-polls, which would keep the rank awake:
     the timed call then finds the process, and the staging server, as a workflow's call does after its step.
@@ -93,9 +116,11 @@ def after_idle(idle_s: float, neighbours: str) -> Callable[[PairedRounds], Calla
     def setup_for(timing: PairedRounds) -> Callable[[], None]:
         def setup() -> None:
             timing.setup()
+            warm = WARM_S if neighbours == "busy_warm" else 0.0
             if caller(neighbours):
-                time.sleep(idle_s)
+                time.sleep(cold_idle_s)
+                _compute(warm)
             else:
-                _compute(idle_s + BUSY_TAIL_S)
+                _compute(cold_idle_s + warm + BUSY_TAIL_S)
         return setup
     return setup_for

@@ -11,7 +11,8 @@
 (after the round's barrier), as a workflow's component makes its first call after a step's work:
 ``cold_latency_s`` (``put_scalar``, ``get_scalar``: an 8-byte tensor, ``exists``), where the back-to-back
 rounds above find the client and the server awake; ``neighbours=busy``: the odd ranks compute meanwhile
-and only the even ranks' calls are timed (see ``conftest.py``).
+and only the even ranks' calls are timed; ``neighbours=busy_warm``: as ``busy``, but the callers compute
+instead of sleeping, as the workflow's simulation at a sync point (see ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def test_metadata(benchmark, backend, staging, simai_run, op, pytestconfig):
 
 
 @pytest.mark.parametrize("op", ["put_scalar", "get_scalar", "exists"])
-def test_metadata_cold(benchmark, backend, staging, simai_run, op, idle_s, cold_rounds, after_idle, neighbours,
+def test_metadata_cold(benchmark, backend, staging, simai_run, op, cold_idle_s, cold_rounds, after_idle, neighbours,
                        cold_caller):
     rounds = cold_rounds
     rank = mpi.rank()
@@ -67,6 +68,6 @@ def test_metadata_cold(benchmark, backend, staging, simai_run, op, idle_s, cold_
     got = staging.get_tensor(key)
     assert got is not None and got.tolist() == [rank]
     staging.delete(key)
-    params = {"op": op, "rounds": rounds, "idle_s": idle_s, "neighbours": neighbours}
+    params = {"op": op, "rounds": rounds, "idle_s": cold_idle_s, "neighbours": neighbours}
     record(benchmark, simai_run(backend, params), {"cold_latency_s": timing.seconds() if cold_caller else []},
            {"cold_latency_s": LATENCY})

@@ -14,7 +14,9 @@ What a workflow does differently, measured by two variants:
 * ``test_tensor_cold``: one put or get per round, timed after the rank has slept ``--simai-idle``
   seconds (after the round's barrier), as a component's first call after its step's work:
   ``cold_latency_s``, the mean over ranks of each rank's median round, at :data:`COLD_SIZES`
-  (``neighbours=busy``: the odd ranks compute meanwhile, only the even ranks' calls are timed);
+  (``neighbours=busy``: the odd ranks compute meanwhile, only the even ranks' calls are timed;
+  ``neighbours=busy_warm``: as ``busy``, but the callers compute instead of sleeping, as the workflow's
+  simulation at a sync point: see ``conftest.py``);
 * ``test_tensor_fresh_key``: puts back to back, each under a new key (the previous round's key is
   deleted before the round's barrier, outside the timed call), as a workflow puts every snapshot:
   ``fresh_key_put_latency_s``, ``fresh_key_put_GBps_per_rank`` and the measured aggregate
@@ -74,7 +76,7 @@ def test_tensor(benchmark, backend, staging, staging_pool, simai_run, nbytes, op
 
 @pytest.mark.parametrize("cold_nbytes", COLD_SIZES, ids=[format_size(s) for s in COLD_SIZES])
 @pytest.mark.parametrize("op", ["put", "get"])
-def test_tensor_cold(benchmark, backend, staging, simai_run, cold_nbytes, op, cold_rounds, idle_s, after_idle,
+def test_tensor_cold(benchmark, backend, staging, simai_run, cold_nbytes, op, cold_rounds, cold_idle_s, after_idle,
                      neighbours, cold_caller):
     key = f"micro.tensor.cold.{mpi.rank()}"
     data = np.random.default_rng(mpi.rank()).integers(0, 256, cold_nbytes, dtype=np.uint8)
@@ -88,7 +90,7 @@ def test_tensor_cold(benchmark, backend, staging, simai_run, cold_nbytes, op, co
     got = staging.get_tensor(key)
     assert got is not None and np.array_equal(got, data) and (op == "put" or not cold_caller or np.array_equal(out, data))
     staging.delete(key)
-    params = {"op": op, "nbytes": cold_nbytes, "rounds": cold_rounds, "idle_s": idle_s, "neighbours": neighbours}
+    params = {"op": op, "nbytes": cold_nbytes, "rounds": cold_rounds, "idle_s": cold_idle_s, "neighbours": neighbours}
     local = {"cold_latency_s": timing.seconds() if cold_caller else []}
     record(benchmark, simai_run(backend, params), local, {"cold_latency_s": LATENCY})
 

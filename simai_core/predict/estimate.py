@@ -8,11 +8,14 @@ steps. Only staging traffic and the emulated work are modelled: coupling compute
 solution is a lower bound and the predicted overhead share an upper bound.
 
 Which micro curve prices which call (:func:`price`, printed per term as "latency from" and "bytes
-from"): the latency of a rank's first call after its step's idle time comes from the cold-call
-curves (``cold_busy``: measured while other ranks computed, preferred; ``cold``: all ranks idle);
-the bytes of a put under a new key (a snapshot) from the fresh-key put curve; everything else from
-the back-to-back curves. A micro run without the variants falls back to the back-to-back curves,
-with a warning.
+from"): every simulation call at a sync point comes from the ``warm_busy`` cold-call curve of its op
+(the callers slept, then computed, while the other ranks computed: the simulation's state at a sync
+point, with the trainer training), a put under a new key (a snapshot) plus what a new key costs over
+an overwrite (fresh-key minus back-to-back put, at least 0). A heartbeat between syncs follows the
+step's sleep: it takes the latency of the ``cold_busy`` (else ``cold``) curve, as does a simulation
+rank's first call after its step in a micro run without ``warm_busy``, whose snapshot puts take the
+fresh-key curve. The trainer's calls come from the back-to-back curves. Without the variants at all,
+back to back, with a warning.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
-from simai_core.predict.model import COLD, COLD_BUSY, FRESH_KEY, CostModel, OpCost, variant
+from simai_core.predict.model import COLD, COLD_BUSY, FRESH_KEY, WARM_BUSY, CostModel, OpCost, variant
 from simai_core.predict.workflow import Op, Shape, sim_ops, train_ops
 from simai_core.workflow.timers import TRAFFIC
 
@@ -95,12 +98,15 @@ def _joined(*warnings: str | None) -> str | None:
 def price(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, list[str]]:
     """One call of ``op`` with ``clients`` micro ranks: its cost, the curves of its latency and bytes, fall-back notes.
 
-    A put under a new key takes its bytes (and, if not a first call, its latency) from the fresh-key put curve;
-    a first call after the step's idle time takes its latency from the cold-call curve of its op, measured
-    with busy neighbours where the micro run has it (the workflow's trainer ranks compute while the
-    simulation's sleep), else with idle ones.
+    A simulation call at a sync point is priced by :func:`price_warm` where the micro run has the ``warm_busy``
+    curve of its op. Otherwise: a put under a new key takes its bytes (and, if not a first call, its latency)
+    from the fresh-key put curve; a first call after the step's idle time takes its latency from the cold-call
+    curve of its op, measured with busy neighbours where the micro run has it (the workflow's trainer ranks
+    compute while the simulation's sleep), else with idle ones.
     """
     notes: list[str] = []
+    if op.component == "sim" and not op.after_sleep and model.has(variant(COLD_STAND_IN.get(op.op, op.op), WARM_BUSY)):
+        return price_warm(model, op, clients)
     cost, bytes_from = model.cost(op.op, op.nbytes, clients), BACK_TO_BACK
     if op.fresh:
         if model.has(variant(op.op, FRESH_KEY)):
@@ -120,6 +126,30 @@ def price(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, lis
             notes.append(f"the micro run has no cold-call curve of {base} (test_metadata_cold, test_tensor_cold) on "
                          f"{model.backend}: first calls after the step's idle time priced back to back")
     return cost, latency_from, bytes_from, notes
+
+
+def price_warm(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, list[str]]:
+    """A simulation call as the ``warm_busy`` cold-call variant measured it (latency and bytes), plus the new-key surcharge.
+
+    The simulation makes its calls after its own sync-point work (snapshot, inference, collectives' busy
+    waits) while the trainer ranks train: a call that waits for its reply then waits for a CPU, as the
+    variant's callers did. A put under a new key adds what the fresh-key put costs over the back-to-back
+    overwrite at its size (at least 0: a backend that does not care adds nothing, not its noise).
+    A byte-string call takes the curve of the tensor call of its direction.
+    """
+    base = COLD_STAND_IN.get(op.op, op.op)
+    label = f"{WARM_BUSY} {base}" if base != op.op else WARM_BUSY
+    cost, bytes_from, notes = model.cost(variant(base, WARM_BUSY), op.nbytes, clients), label, []
+    if op.fresh:
+        if model.has(variant(op.op, FRESH_KEY)):
+            fresh, plain = model.cost(variant(op.op, FRESH_KEY), op.nbytes, clients), model.cost(op.op, op.nbytes, clients)
+            surcharge = max(0.0, fresh.seconds - plain.seconds)
+            cost = OpCost(cost.latency_s, cost.transfer_s + surcharge, _joined(cost.warning, fresh.warning, plain.warning))
+            bytes_from = f"{label} + fresh-key"
+        else:
+            notes.append(f"the micro run has no fresh-key put (test_tensor_fresh_key) on {model.backend}: "
+                         f"puts to new keys priced as overwrites of one key")
+    return cost, label, bytes_from, notes
 
 
 def predict(model: CostModel, shape: Shape, sync_steps: int, steps: int | None = None,

@@ -20,7 +20,8 @@ Per operation: ``cost = latency + bytes / bandwidth``.
   accounting times each rank's own call.
 * Variants (:func:`variant`): ``cold:<op>`` from the cold-call micro benchmarks
   (``test_metadata_cold``, ``test_tensor_cold``: one call per round after an idle sleep;
-  ``cold_busy:<op>`` where the odd ranks computed meanwhile: ``neighbours=busy``) and
+  ``cold_busy:<op>`` where the odd ranks computed meanwhile: ``neighbours=busy``; ``warm_busy:<op>`` where,
+  besides, the calling ranks computed before the call: ``neighbours=busy_warm``) and
   ``fresh_key:put_tensor`` from ``test_tensor_fresh_key`` (each put under a new key) are curves of
   their own, read the same way.
 """
@@ -38,8 +39,11 @@ from simai_core.report.loading import Bench, Run
 #: get of a missing key and for a delete: one round trip that moves no value).
 OPS = ("put_tensor", "get_tensor", "put_bytes", "get_bytes", "exists")
 #: Curve variants beside the back-to-back one: a call after an idle sleep (with the other ranks asleep too,
-#: or computing: ``neighbours=busy``), a put under a new key.
-COLD, COLD_BUSY, FRESH_KEY = "cold", "cold_busy", "fresh_key"
+#: or computing: ``neighbours=busy``; computing while the caller also computed before its call:
+#: ``neighbours=busy_warm``), a put under a new key.
+COLD, COLD_BUSY, WARM_BUSY, FRESH_KEY = "cold", "cold_busy", "warm_busy", "fresh_key"
+#: The cold-call benchmarks' ``neighbours`` parameter -> the curve variant it measures.
+NEIGHBOURS = {"idle": COLD, "busy": COLD_BUSY, "busy_warm": WARM_BUSY}
 
 
 def variant(op: str, kind: str | None) -> str:
@@ -217,7 +221,7 @@ def _points(bench: Bench) -> Iterable[tuple[str, int, Sample]]:
     params, world, name = bench.params, bench.world_size or 1, bench.base_name
     op, nbytes = params.get("op"), params.get("nbytes")
     scalar = {"put_scalar": ("put_tensor", 8), "get_scalar": ("get_tensor", 8), "exists": ("exists", 0)}
-    cold = COLD_BUSY if params.get("neighbours") == "busy" else COLD
+    cold = NEIGHBOURS.get(str(params.get("neighbours", "idle")), COLD)
     if name == "test_tensor" and op in ("put", "get") and isinstance(nbytes, int):
         t = _value(bench, f"{op}_latency_s")
         if t:

@@ -13,15 +13,20 @@ writes heartbeats (``meta``). Figures are per rank, averaged over the component'
 Two things the micro benchmark's back-to-back calls on one key do not see are marked per call:
 ``first``, the first staging call a simulation rank makes after its step's emulated work (a
 sleep: the head's trainer error-key read, another rank's checkpoint fetch, or its snapshot put
-when no checkpoint is due; each heartbeat between syncs), priced with the cold-call curves; and
-``fresh``, a put under a key that did not exist (every snapshot), priced with the fresh-key put
-curve. The trainer's calls follow its training (busy, not asleep) and are priced back to back.
+when no checkpoint is due; each heartbeat between syncs); and ``fresh``, a put under a key that
+did not exist (every snapshot). Every simulation call at a sync point is made after the rank's own
+work there (snapshot, inference, the collectives' busy waits) while the trainer trains: where the
+micro run has the ``busy_warm`` cold-call variant, it prices them. A heartbeat between syncs
+follows the step's sleep and the snapshot's build: a cold call (``after_sleep``) when that build
+takes less CPU than :data:`WARM_AFTER_S`, else a call after work too. The trainer's calls follow
+its training and are priced back to back.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +55,7 @@ class Op:
     callers: int = 1  # ranks making the same call at the same time
     first: bool = False  # the rank's first staging call after the step's idle time (a cold call)
     fresh: bool = False  # a put under a new key
+    after_sleep: bool = False  # made straight after the step's sleep, not after the sync point's work
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Shape:
     trainer_loops_per_sync: float
     checkpoint_every: int
     delete_consumed: bool
+    step_cpu_s: float = 0.0  # CPU seconds a simulation rank computes between its step's sleep and its next call
 
 
 def snapshot_nbytes(cfg: WorkflowConfig) -> int:
@@ -109,6 +116,38 @@ def checkpoint_nbytes(cfg: WorkflowConfig) -> int:
     return _checkpoint_nbytes(cfg.model_copy(update={"run_id": "predict"}).model_dump_json())
 
 
+#: CPU time after a sleep past which a rank has spent the credit the sleep gave it with the scheduler (one
+#: tick at the common HZ=250): its next call is priced as a call after work (``busy_warm``), not a cold one.
+WARM_AFTER_S = 0.004
+
+
+@functools.lru_cache(maxsize=16)
+def _snapshot_cpu_s(config_json: str) -> float:
+    from mpi4py import MPI  # deferred: the snapshot's build needs a communicator of its own
+
+    from simai_core.workflow.problem import WaveProblem
+
+    problem = WaveProblem(WorkflowConfig.model_validate_json(config_json).problem, MPI.COMM_SELF)
+    out = problem.snapshot(0)
+    times = []
+    for step in range(1, 4):
+        t0 = time.thread_time()
+        problem.snapshot(step, out=out)
+        times.append(time.thread_time() - t0)
+    return sorted(times)[1]
+
+
+def step_cpu_s(cfg: WorkflowConfig) -> float:
+    """CPU seconds a simulation rank computes between its step's sleep and a heartbeat between syncs.
+
+    The mock's snapshot build (the workflow's own code, timed here on this machine's CPU: the median of
+    three builds); with ``step_cost=kernel`` the whole step computes.
+    """
+    if cfg.simulation.step_cost == "kernel":
+        return cfg.simulation.step_time_s
+    return _snapshot_cpu_s(cfg.model_copy(update={"run_id": "predict"}).model_dump_json())
+
+
 def heartbeats_between_syncs(cfg: WorkflowConfig) -> int:
     """Heartbeats the simulation head writes at the steps between two sync points (one is forced at each sync)."""
     step, every, last, count = cfg.simulation.step_time_s, cfg.heartbeat_interval_s, 0.0, 0
@@ -120,13 +159,15 @@ def heartbeats_between_syncs(cfg: WorkflowConfig) -> int:
 
 
 def shape(cfg: WorkflowConfig, ranks: int, fetches_per_sync: float = 1.0, epochs_per_sync: float | None = None,
-          trainer_loops_per_sync: float | None = None, checkpoint_bytes: int | None = None) -> Shape:
+          trainer_loops_per_sync: float | None = None, checkpoint_bytes: int | None = None,
+          step_cpu: float | None = None) -> Shape:
     """The :class:`Shape` of ``cfg`` on ``ranks`` ranks (clustered: one staging server, the configured split).
 
     ``fetches_per_sync``: share of sync steps at which a new checkpoint reaches the simulation (1: the
     trainer checkpoints at least once per sync interval). ``epochs_per_sync`` (default: ``checkpoint_every``
     times ``fetches_per_sync``) and ``trainer_loops_per_sync`` (default: the epochs; idle polls add to it)
-    depend on how fast the trainer trains, which staging does not decide.
+    depend on how fast the trainer trains, which staging does not decide. ``step_cpu`` overrides
+    :func:`step_cpu_s` (measured here by default).
     """
     sims = split_count(ranks, cfg.sim_fraction)
     cadence = cfg.cadence()
@@ -139,7 +180,8 @@ def shape(cfg: WorkflowConfig, ranks: int, fetches_per_sync: float = 1.0, epochs
                  heartbeats_between_syncs=heartbeats_between_syncs(cfg), fetches_per_sync=fetches_per_sync,
                  epochs_per_sync=epochs, trainer_loops_per_sync=epochs if trainer_loops_per_sync is None
                  else trainer_loops_per_sync, checkpoint_every=cadence.checkpoint_every,
-                 delete_consumed=cfg.trainer.delete_consumed)
+                 delete_consumed=cfg.trainer.delete_consumed,
+                 step_cpu_s=step_cpu_s(cfg) if step_cpu is None else step_cpu)
 
 
 def sim_ops(s: Shape) -> list[Op]:
@@ -156,7 +198,7 @@ def sim_ops(s: Shape) -> list[Op]:
         Op("sim", "meta", "put_tensor", "heartbeat at each sync", SIM_STATUS_BYTES, head,
            once=2 * head, callers=1),  # once: the start-up and the stop heartbeats
         Op("sim", "meta", "put_tensor", "heartbeats between syncs", SIM_STATUS_BYTES,
-           head * s.heartbeats_between_syncs, callers=1, first=True),
+           head * s.heartbeats_between_syncs, callers=1, first=True, after_sleep=s.step_cpu_s < WARM_AFTER_S),
         Op("sim", "meta", "put_tensor", "problem size (start-up)", SIZE_BYTES, 0.0, once=head, callers=1),
         Op("sim", "data", "put_tensor", "snapshot put, first call", s.snapshot_nbytes, rest * (1 - fetch),
            callers=s.sim_ranks, first=True, fresh=True),
