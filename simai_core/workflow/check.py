@@ -79,9 +79,8 @@ def check_set(coords: np.ndarray, interior: np.ndarray, graph: tuple[Tensor, Ten
 
     rng = np.random.default_rng(seed)
     if graph is None:
-        points = torch.from_numpy(sample_points(coords, interior, n, 1, rng))
-        return CheckSet(points, torch.arange(points.numel()), torch.empty((2, 0), dtype=torch.long),
-                        torch.empty((0, 1)))
+        rows = torch.from_numpy(sample_points(coords, interior, n, 1, rng))
+        return CheckSet(rows, torch.arange(rows.numel()), torch.empty((2, 0), dtype=torch.long), torch.empty((0, 1)))
     edges, pos = graph
     points = sample_points(coords, interior, n, patch, rng)
     if points.size == pos.shape[0]:  # the whole graph: nothing to cut
