@@ -117,3 +117,15 @@ def test_compile_cache_is_reported_cold_then_warm(tmp_path, monkeypatch):
     cache = Path(second.detail()["compile_cache_dir"])
     assert cache.parent == tmp_path / f"simai-devito-{getpass.getuser()}" and list(cache.glob("*.so"))
     assert (cache.parent.stat().st_mode & 0o777) == 0o700
+
+
+def test_three_dimensional_grid_runs():
+    """The `large` size's path: a 3-D grid (here 24^3 on one rank) compiles, steps and captures its sample."""
+    solver = AcousticSolver(AcousticConfig(absorbing_points=4), MPI.COMM_SELF, (24, 24, 24), 40, 1)
+    assert solver.dim == 3 and solver.cfl_limit_ms == pytest.approx(cfl_limit_ms(3.0, 10.0, 4, 3))
+    solver.compile()
+    for step in range(30):
+        solver.advance(step, capture=step == 29)
+    solver.check(MPI.COMM_SELF)
+    assert solver.sample.shape == (24**3, 4) and np.abs(solver.sample[:, 3]).max() > 0
+    assert not np.array_equal(solver.sample[:, 0], solver.sample[:, 3])
