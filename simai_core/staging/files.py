@@ -222,6 +222,8 @@ class FileClient(StagingClient):
 
     ``in_place`` (default: for ``nodelocal``) writes tensors in place into two slots per key
     (:class:`_Slots`); otherwise each put writes a fresh ``.npy`` file and renames it into place.
+    In place, each thread keeps the slots files it used open (:class:`_Kept`; at most
+    :data:`_KEEP_OPEN` each for gets and puts) until :meth:`close`.
     """
 
     def __init__(self, backend: str, root: Path, in_place: bool | None = None) -> None:
@@ -402,6 +404,7 @@ class FileClient(StagingClient):
                 except FileNotFoundError:
                     if self._new_slots(key, header, arr, need, None):
                         return
+                    _check_deadline(deadline, key)
                     continue  # another put made the file first: write into it
                 kept = writers.add(key, fd)
             written = self._put_into(kept.fd, key, name, header, arr, need)
