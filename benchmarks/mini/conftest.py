@@ -27,10 +27,9 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
 
 # Steering motif (benchmarks/mini/test_steering.py).
 _STEERING_OPTIONS: dict[str, tuple[Any, str]] = {
-    "--simai-steering-launchers": ("pool,mpiexec,smartsim",
-                                   "steering: launchers to run, of pool, mpiexec, smartsim, dragon (default pool,mpiexec,"
-                                   "smartsim; dragon, on the dragon backend only, is opt-in: its learner's DDict reads "
-                                   "can block past their deadline under load)"),
+    "--simai-steering-launchers": ("pool,mpiexec,smartsim,dragon",
+                                   "steering: launchers to run, of pool, mpiexec, smartsim, dragon (default all; each "
+                                   "runs where it can: dragon on the dragon backend only, the others on every other)"),
     "--simai-steering-modes": ("batch,streaming", "steering: batch (refit after every W results), streaming (after "
                                                   "every result); default both"),
     "--simai-steering-policies": ("ai", "steering: policies of the launcher x mode benchmarks, of ai, random (default "

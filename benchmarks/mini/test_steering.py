@@ -10,8 +10,9 @@ speed-up, the medians over the seeds and every seed's outcome.
 
 Under ``mpiexec -n N`` rank 0 steers; with the pool launcher, ranks ``1..W x R`` are the
 persistent workers (with fewer ranks, or serially, the pool is one ``mpiexec`` started for the
-run); the other ranks wait. The dragon launcher runs on the dragon backend (serially), the others on every
-other backend.
+run); the other ranks wait. The dragon backend runs serially, its simulations as Dragon processes: the
+pool is one Dragon ``ProcessGroup``, the dragon launcher a Dragon ``Process`` per simulation; mpiexec and
+smartsim run on every other backend.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def steering_config(config: pytest.Config, launcher: str, mode: str, policy: str
 
 
 def skip_unsupported(backend: str, launcher: str) -> None:
-    """The dragon launcher needs the dragon backend's runtime; the dragon backend's clients need Dragon processes."""
-    if (backend == "dragon") != (launcher == "dragon"):
-        pytest.skip(f"launcher {launcher} does not run on backend {backend}: the dragon launcher runs on the dragon "
-                    "backend's runtime, and that backend's simulations must be Dragon processes")
+    """The dragon backend's clients must be Dragon processes; the dragon launcher needs that backend's runtime."""
+    if launcher not in (("pool", "dragon") if backend == "dragon" else ("pool", "mpiexec", "smartsim")):
+        pytest.skip(f"launcher {launcher} does not run on backend {backend}: the dragon backend's simulations must be "
+                    "Dragon processes (pool: a ProcessGroup; dragon: a Process each), and the dragon launcher needs "
+                    "that backend's runtime")
 
 
 def params_of(cfg: SteeringConfig, result: SteeringResult | None) -> dict[str, Any]:
@@ -89,10 +91,9 @@ def test_steering(benchmark, backend, staging, staging_pool, simai_run, pytestco
 
 @pytest.mark.timeout(1800)
 def test_steering_vs_random(benchmark, backend, staging, staging_pool, simai_run, pytestconfig, tmp_path):
-    launcher = "dragon" if backend == "dragon" else "pool"
+    launcher = "pool"
     if launcher not in pytestconfig.getoption("--simai-steering-launchers").split(","):
-        pytest.skip(f"the {backend} backend's comparison runs on the {launcher} launcher, not selected by "
-                    "--simai-steering-launchers")
+        pytest.skip("the comparison runs on the pool launcher, not selected by --simai-steering-launchers")
     seeds = [int(s) for s in pytestconfig.getoption("--simai-steering-seeds").split(",")]
     address = staging_pool.address(backend)
     runs: dict[str, list[SteeringResult | None]] = {"ai": [], "random": []}

@@ -102,6 +102,11 @@ class _ProcessHandle:
             self._log.close()
         return code
 
+    def wait(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for it to end by itself."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout_s)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -150,14 +155,14 @@ class _PoolHandle:
 class PoolLauncher:
     """Persistent workers ``0..W-1``, each polling its ``assign/<w>`` key; a launch is one put.
 
-    ``external``: a started ``mpiexec`` holding the workers (a serial run), closed with the pool;
-    None when the workers are ranks of the running MPI job.
+    ``external``: the workers started for the pool (a serial run), closed with it: one ``mpiexec``,
+    or on the dragon backend one Dragon ``ProcessGroup``; None when they are ranks of the running MPI job.
     """
 
     name = "pool"
 
-    def __init__(self, client: StagingClient, keys: SteerKeys, workers: int, external: _ProcessHandle | None,
-                 describe: str) -> None:
+    def __init__(self, client: StagingClient, keys: SteerKeys, workers: int,
+                 external: _ProcessHandle | _DragonGroup | None, describe: str) -> None:
         self.client, self.keys, self.external, self.describe = client, keys, external, describe
         self.free = list(range(workers))
         self.busy: dict[int, int] = {}
@@ -166,15 +171,24 @@ class PoolLauncher:
     @classmethod
     def started(cls, client: StagingClient, backend: str, address: str, keys: SteerKeys, run_id: str, workers: int,
                 ranks: int, workdir: Path, deadline: float) -> PoolLauncher:
-        """A pool of its own: ``mpiexec -n workers*ranks`` started now."""
-        args = worker_args("pool", backend, run_id, 0, workers * ranks, ranks, ("--deadline", repr(deadline)))
+        """A pool of its own started now: ``mpiexec -n workers*ranks``, or on the dragon backend a ProcessGroup."""
+        extra = ("--deadline", repr(deadline))
+        if backend == "dragon":
+            if ranks != 1:
+                raise ValueError("the dragon backend's pool workers are Dragon processes, one rank each: "
+                                 f"--simai-steering-ranks-per-sim {ranks} needs the dragon launcher")
+            commands = [bare_args(worker_args("pool", backend, run_id, w, 1, 1, extra)) for w in range(workers)]
+            return cls(client, keys, workers, _DragonGroup(commands, child_env(address), workdir),
+                       f"persistent workers: one Dragon ProcessGroup of {workers} processes started once "
+                       "(dragon.native.process_group)")
+        args = worker_args("pool", backend, run_id, 0, workers * ranks, ranks, extra)
         handle = _ProcessHandle(args, child_env(address), workdir / "pool.log")
         return cls(client, keys, workers, handle,
                    f"persistent workers: one `mpiexec -n {workers * ranks}` started once, {ranks} rank(s) each")
 
     def launch(self, sim: int) -> Handle:
-        if self.external is not None and self.external.exit_code() is not None:
-            raise RuntimeError(f"the worker pool's mpiexec ended with code {self.external.exit_code()}")
+        if self.external is not None and (code := self.external.exit_code()) is not None:
+            raise RuntimeError(f"a worker of the pool ended (exit code {code})")
         worker = self.free.pop(0)
         self.busy[sim] = worker
         self.seq += 1
@@ -189,11 +203,10 @@ class PoolLauncher:
     def close(self) -> None:
         for worker in range(len(self.free) + len(self.busy)):
             put_json(self.client, self.keys.assign(worker), {"stop": True})
-        if self.external is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.external.proc.wait(timeout=30)
-            self.external.kill()
-            self.external = None
+        external, self.external = self.external, None
+        if external is not None:
+            external.wait(30)
+            external.kill()
 
 
 class SmartSimLauncher:
@@ -263,6 +276,31 @@ class _SmartSimHandle:
             self.exp.stop(self.model)
 
 
+DRAGON_STOP_GRACE_S = 30.0  # a Dragon simulation asked to stop (SIGINT) has this long before it is SIGKILLed
+
+
+class DragonRuntimeEndedError(RuntimeError):
+    """The Dragon runtime this process started has exited: no further Dragon call may be made."""
+
+
+def check_dragon_runtime() -> None:
+    """Raise :class:`DragonRuntimeEndedError` when the runtime the dragon backend started in this process is gone.
+
+    Dragon's process and channel calls wait on its Local and Global Services with no timeout, so
+    after the runtime's launcher exited they never return: every call the launcher makes asks
+    first. (Under ``dragon python -m pytest`` the surrounding runtime is not ours to watch: no check.)
+    """
+    from simai_core.staging import dragon as backend
+
+    proc = getattr(backend._Runtime.handle, "_proc", None)  # the launcher subprocess of start_local_runtime
+    code = None if proc is None else proc.poll()
+    if code is None:
+        return
+    why = (" (255: Dragon's abnormal termination, which its Local Services send when one of their services "
+           "fails or their memory monitor finds the node's memory or /dev/shm 98 % used)" if code == 255 else "")
+    raise DragonRuntimeEndedError(f"the Dragon runtime ended during the run: its launcher exited with code {code}{why}")
+
+
 class DragonLauncher:
     """A Dragon ``Process`` per simulation, in the runtime this process is attached to."""
 
@@ -278,6 +316,7 @@ class DragonLauncher:
     def launch(self, sim: int) -> Handle:
         from dragon.native.process import Process
 
+        check_dragon_runtime()
         args = bare_args(worker_args("run", self.backend, self.run_id, sim, self.ranks, self.ranks))
         proc = Process(target=args[0], args=tuple(args[1:]), env=self.env, cwd=str(self.workdir))
         proc.start()
@@ -288,9 +327,11 @@ class DragonLauncher:
         self.procs.pop(sim, None)
 
     def close(self) -> None:
-        for proc in self.procs.values():
+        """Kill what still runs; raises :class:`DragonRuntimeEndedError` when the runtime is gone (nothing can be asked)."""
+        procs, self.procs = list(self.procs.values()), {}
+        for proc in procs:
             _DragonHandle(proc).kill()
-        self.procs.clear()
+        check_dragon_runtime()
 
 
 class _DragonHandle:
@@ -298,15 +339,67 @@ class _DragonHandle:
         self.proc = proc
 
     def exit_code(self) -> int | None:
+        check_dragon_runtime()
         if self.proc.is_alive:
             return None
         code = self.proc.returncode
         return None if code is None else int(code)
 
     def kill(self) -> None:
-        if self.proc.is_alive:
-            self.proc.kill()
-            self.proc.join(timeout=30)
+        """End it: SIGINT, SIGKILL only if it outlives ``DRAGON_STOP_GRACE_S`` (no-op when it ended or the runtime is gone).
+
+        Not SIGKILL at once: a Dragon process killed inside a channel operation keeps that channel's
+        lock for ever, and Local Services, destroying the dead process's channels, then spin on it
+        and serve nobody again (every later attach, launch and key listing hangs). SIGINT lets the
+        simulation leave its Dragon calls first (Python raises KeyboardInterrupt between them).
+        """
+        with contextlib.suppress(DragonRuntimeEndedError):
+            check_dragon_runtime()
+            if not self.proc.is_alive:
+                return
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.join(timeout=DRAGON_STOP_GRACE_S)
+            if self.proc.is_alive:
+                self.proc.kill()
+                self.proc.join(timeout=30)
+
+
+class _DragonGroup:
+    """Processes started once as one Dragon ``ProcessGroup``, each with its own command (the pool's workers)."""
+
+    def __init__(self, commands: list[list[str]], env: dict[str, str], cwd: Path) -> None:
+        from dragon.native.process import ProcessTemplate
+        from dragon.native.process_group import ProcessGroup
+
+        check_dragon_runtime()
+        self.group = ProcessGroup(restart=False, ignore_error_on_exit=True)
+        for args in commands:
+            self.group.add_process(nproc=1, template=ProcessTemplate(target=args[0], args=tuple(args[1:]), env=env,
+                                                                     cwd=str(cwd)))
+        self.group.init()
+        self.group.start()
+        self.closed = False
+
+    def exit_code(self) -> int | None:
+        """The exit code of a member that ended; None while every member runs."""
+        check_dragon_runtime()
+        ended = self.group.exit_status
+        return int(ended[0][1]) if ended else None
+
+    def wait(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for every member to end by itself."""
+        with contextlib.suppress(TimeoutError, DragonRuntimeEndedError):
+            check_dragon_runtime()
+            self.group.join(timeout=timeout_s)
+
+    def kill(self) -> None:
+        """Stop what still runs (SIGINT, SIGTERM, then SIGKILL, 15 s apart) and end the group's manager (15 s for each)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(DragonRuntimeEndedError):
+            check_dragon_runtime()
+            self.group.close(patience=15.0)
 
 
 @contextlib.contextmanager
