@@ -212,7 +212,7 @@ def test_workflow_config_round_trips_through_json():
 
 
 @pytest.mark.parametrize(("size", "model", "expected"), [
-    ("small", "mlp", (64, 64, 1)), ("medium", "mlp", (4096, 64, 1)), ("large", "mlp", (8192, 64, 1)),
+    ("small", "mlp", (64, 64, 1)), ("medium", "mlp", (4096, 16, 1)), ("large", "mlp", (8192, 8, 1)),
     ("small", "gnn", (1, 4, 1)), ("medium", "gnn", (1, 4, 64)), ("large", "gnn", (1, 4, 977)),
 ])
 def test_trainer_cadence_scales_with_the_problem(size, model, expected):

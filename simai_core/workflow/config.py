@@ -86,6 +86,10 @@ class SimulationConfig(BaseModel):
     step_time_s: float = Field(0.5, ge=0, description="Target wall time of the emulated work per step (mock)")
 
 
+#: Most samples in one MLP epoch by default (64 batches of 1024; 16 of 4096 on medium).
+MLP_EPOCH_SAMPLES = 65536
+
+
 class TrainerConfig(BaseModel):
     """The distributed online trainer."""
 
@@ -97,7 +101,8 @@ class TrainerConfig(BaseModel):
         None, ge=1, description="Samples (MLP) or graph patches (GNN) per step; None: MLP n_points/16 within [64, 8192] "
                                 "(64 on small, as the reference), GNN 1")
     epoch_batches: int | None = Field(
-        None, ge=1, description="Most mini-batches per epoch, drawn at random from the window; None: 64 (MLP), 4 (GNN). "
+        None, ge=1, description="Most mini-batches per epoch, drawn at random from the window; None: MLP 65536 "
+                                "samples' worth within [8, 64] (64 on debug and small, 16 on medium), GNN 4. "
                                 "The reference's epoch was one pass over every snapshot received so far, growing without "
                                 "bound, so checkpoints grew rarer as the run went on")
     graph_patch_nodes: int = Field(
@@ -122,7 +127,10 @@ class TrainerConfig(BaseModel):
         mlp = self.model.kind == "mlp"
         batch = self.mini_batch or (min(max(n_points // 16, 64), 8192) if mlp else 1)
         patches = 1 if mlp else math.ceil(n_points / self.graph_patch_nodes)
-        return Cadence(mini_batch=batch, epoch_batches=self.epoch_batches or (64 if mlp else 4),
+        # An MLP epoch holds at most MLP_EPOCH_SAMPLES (at least 8 batches): a bigger batch needs no more steps
+        # to learn the point-wise map, so 64 batches of 4096 (medium) only delayed the first checkpoint.
+        default_batches = min(max(MLP_EPOCH_SAMPLES // batch, 8), 64) if mlp else 4
+        return Cadence(mini_batch=batch, epoch_batches=self.epoch_batches or default_batches,
                        checkpoint_every=self.checkpoint_every, graph_patches=patches)
 
 
