@@ -25,7 +25,7 @@ import pytest
 
 from simai_core.errors import StagingFullError, StagingTimeoutError
 from simai_core.staging import files
-from simai_core.staging.files import FileClient, FileRaw
+from simai_core.staging.files import FileClient, FileRaw, FileRawOpen
 
 ODD_SIZES = [1, 3, 4095, 4097, 65_537, 1_048_579]
 
@@ -149,6 +149,23 @@ def test_raw_reference_round_trips_every_byte(area: Path, nbytes: int) -> None:
         raw.close()
     np.testing.assert_array_equal(out, data)
     assert (area / "raw.raw").stat().st_size == nbytes
+
+
+@pytest.mark.parametrize("nbytes", ODD_SIZES)
+def test_open_fd_reference_round_trips_every_byte(area: Path, nbytes: int) -> None:
+    data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    out, other = np.zeros_like(data), np.zeros_like(data)
+    writer, reader = FileRawOpen(area), FileRawOpen(area)  # two clients: the bytes go through the file
+    try:
+        writer.put("kept", memoryview(np.ones(nbytes, np.uint8)))
+        reader.get("kept", memoryview(other))
+        writer.put("kept", memoryview(data))  # same descriptors, new value
+        reader.get("kept", memoryview(out))
+    finally:
+        writer.close()
+        reader.close()
+    assert (other == 1).all()
+    np.testing.assert_array_equal(out, data)
 
 
 @pytest.mark.parametrize("array", [np.arange(12, dtype=np.float32).reshape(3, 4), np.array(2.5),

@@ -81,8 +81,14 @@ def raw_reference(name: str, address: str) -> RawReference:
 
 
 def second_references(name: str, address: str) -> dict[str, RawReference]:
-    """The everyday plain write (``open(path, "wb")``): the value lands on fresh pages, as an atomic put's must."""
-    return {"truncate": FileRaw(Path(address), truncate=True)}
+    """Two more plain paths, each a named reference FOM.
+
+    ``truncate``: the everyday write (``open(path, "wb")``), onto fresh pages as an atomic put's must be.
+    ``open_fd``: one ``pwritev``/``preadv`` on a descriptor kept open across calls, the fastest plain
+    path, blind to the file being replaced or removed.
+    """
+    root = Path(address)
+    return {"truncate": FileRaw(root, truncate=True), "open_fd": FileRawOpen(root)}
 
 
 class FileStagingArea(StagingServer):
@@ -833,6 +839,39 @@ class FileRaw(RawReference):
                 _preadv_all(fd, key, out[n:], n)
         finally:
             os.close(fd)
+
+
+class FileRawOpen(RawReference):
+    """The plain path on a descriptor kept open per key.
+
+    One ``pwritev`` (put) or ``preadv`` (get) at offset 0: no lookup, no atomicity, and blind to the
+    file being replaced or removed.
+    """
+
+    description = "os.pwritev / os.preadv of the raw buffer on the key's file kept open (no openat or close per call)"
+
+    def __init__(self, root: Path) -> None:
+        self._dir = _Directory(root)
+        self._fds: dict[str, int] = {}
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._dir.close()
+
+    def _fd(self, key: str) -> int:
+        if (fd := self._fds.get(key)) is None:
+            fd = self._fds[key] = os.open(_RAW[key], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self._dir.fd)
+        return fd
+
+    def put(self, key: str, data: memoryview) -> None:
+        fd = self._fd(key)
+        if os.pwritev(fd, [data], 0) != data.nbytes:
+            raise OSError(f"{key!r}: short write")
+
+    def get(self, key: str, out: memoryview) -> None:
+        _preadv_all(self._fd(key), key, out, 0)
 
 
 class _Names(dict[str, str]):
