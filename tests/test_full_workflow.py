@@ -1,17 +1,26 @@
-"""The full level's workflow pieces around the Devito solver: what is staged, and a dead trainer."""
+"""The full level's workflow pieces around the Devito solver: what is staged, and a dead trainer (serial, MPI)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("devito")
 pytest.importorskip("torch")
+import test_faults as faults
 from mpi4py import MPI
 
+from simai_core import mpi
+from simai_core.staging.files import FileStagingArea
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.launch import ComponentProcess
 from simai_core.workflow.layout import serial_role
@@ -83,3 +92,77 @@ def test_killed_trainer_fails_the_solver_within_its_deadline(file_staging, tmp_p
         trainer.kill()
     assert "at" in killed, "the trainer never delivered a checkpoint, so it was never killed"
     assert noticed - killed["at"] < PEER_TIMEOUT_S + 2.0
+
+
+@pytest.fixture
+def leftovers() -> Iterator[faults.Leftovers]:
+    """What the test's mpiexec job leaves behind (:class:`test_faults.Leftovers`); the job is ended if still up."""
+    watch = faults.Leftovers()
+    yield watch
+    watch._stop.set()
+    while faults._JOBS:
+        job = faults._JOBS.pop()
+        if job.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGKILL)
+        job.communicate()
+
+
+CASE_PEER_TIMEOUT_S = 60.0  # the solver's deadline for a silent trainer: a trainer starved on a loaded node is not dead
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(mpi.size() > 1, reason="starts its own mpiexec")
+@pytest.mark.parametrize("name", ["redis", "nodelocal"])
+def test_killed_trainer_ranks_end_the_mpi_job(name, tmp_path, leftovers):
+    """SIGKILL both trainer ranks of a clustered ``mpiexec -n 4`` run (2 solver ranks): the job ends, nothing is left.
+
+    MPICH's launcher ends every rank as soon as one is killed, so the solvers' own deadline for a
+    silent trainer is not what ends this job (see test_stopped_trainer_ranks_fail_the_solver_ranks).
+    Rank 0, killed too, cannot remove a nodelocal directory: the next nodelocal start on this host
+    removes it (its owner's process is gone), and the test checks that it does.
+    """
+    faults.needs(name)
+    proc, path = faults.start_case("case_full_fault.py", 4, tmp_path, SIMAI_CASE_BACKEND=name,
+                                   SIMAI_CASE_PEER_TIMEOUT_S=str(CASE_PEER_TIMEOUT_S))
+    record = faults.wait_ready(proc, path, timeout_s=600)  # start-up and a cold compile on a loaded node
+    trainers = [r["pid"] for r in record["ranks"] if r["component"] == "train"]
+    assert len(trainers) == 2 and len(record["ranks"]) == 4, record["ranks"]
+    for pid in trainers:
+        os.kill(pid, signal.SIGKILL)
+    output, elapsed = faults.finish(proc, 30)
+    print(f"\ntrainer ranks killed ({name}, -n 4, full debug): job ended {elapsed:.1f} s after the kill "
+          f"(code {proc.returncode})\n{output[-1200:]}")
+    assert proc.returncode != 0 and "BAD TERMINATION" in output and "signal 9" in output, output[-3000:]
+    if name == "nodelocal":
+        staged = Path(record["path"])
+        assert staged.is_dir(), "the killed job's staging directory vanished: the test would prove nothing"
+        nxt = FileStagingArea("nodelocal", staged.parent)
+        nxt.start()
+        nxt.stop()
+    faults.check_gone(record, leftovers, tmp_path)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(mpi.size() > 1, reason="starts its own mpiexec")
+@pytest.mark.xfail(strict=True, reason="until run_mpi aborts on a peer timeout (the driver change proposed for "
+                   "issue 13): the solver ranks then wait for the stopped trainer in the final all-gather forever")
+def test_stopped_trainer_ranks_fail_the_solver_ranks(tmp_path, leftovers):
+    """SIGSTOP both trainer ranks (alive but silent, as a hung trainer is: no launcher notices): every solver
+    rank fails with the peer timeout within its deadline + a few seconds, and the job ends, leaving nothing."""
+    faults.needs("redis")
+    proc, path = faults.start_case("case_full_fault.py", 4, tmp_path, SIMAI_CASE_BACKEND="redis",
+                                   SIMAI_CASE_PEER_TIMEOUT_S=str(CASE_PEER_TIMEOUT_S))
+    record = faults.wait_ready(proc, path, timeout_s=600)
+    trainers = [r["pid"] for r in record["ranks"] if r["component"] == "train"]
+    assert len(trainers) == 2, record["ranks"]
+    for pid in trainers:
+        os.kill(pid, signal.SIGSTOP)
+    output, elapsed = faults.finish(proc, CASE_PEER_TIMEOUT_S + 60)
+    print(f"\ntrainer ranks stopped (redis, -n 4, full debug): job ended {elapsed:.1f} s after the stop "
+          f"(code {proc.returncode})\n{output[-1500:]}")
+    assert proc.returncode != 0
+    assert re.search(r"PeerTimeoutError on sim rank \d: the train component has been silent for [\d.]+ s", output), \
+        output[-3000:]
+    assert elapsed < CASE_PEER_TIMEOUT_S + 10, f"the solver ranks took {elapsed:.1f} s to end the job"
+    faults.check_gone(record, leftovers, tmp_path)
