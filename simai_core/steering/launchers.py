@@ -1,11 +1,14 @@
 """How the steerer starts simulations: one small interface, one class per launcher.
 
 * ``pool``: persistent workers waiting for work (MPI ranks of the running job, or one
-  ``mpiexec`` started once when there are none); a launch is one staged assignment.
+  ``mpiexec`` started once when there are none, or on the dragon backend one Dragon
+  ``ProcessGroup``); a launch is one staged assignment.
 * ``mpiexec``: a fresh ``mpiexec -n R`` (the venv's) per simulation.
 * ``smartsim``: a SmartSim ``Model`` per simulation, started by an ``Experiment`` on the
   local launcher.
 * ``dragon``: a Dragon ``Process`` per simulation in the runtime the Dragon backend started.
+  Dragon simulations are stopped with SIGINT, SIGKILL only as a last resort (see
+  :meth:`_DragonHandle.kill`), and no Dragon call is made once the runtime is gone.
 
 A :class:`Handle` says whether its process ended and with what code; the steerer learns of
 results from the staging area (``done`` keys), and of crashes from handles that ended
