@@ -230,6 +230,16 @@ def _alive(pids: set[int]) -> set[int]:
     return {pid for pid in pids if process_identity(pid) is not None}
 
 
+def runtime_exit_code() -> int | None:
+    """The exit code of the runtime this process started, once its launcher exited; None while it runs.
+
+    None too under ``dragon python -m pytest`` (the surrounding runtime is not this process's to watch).
+    Dragon's process and channel calls wait on the runtime's services with no timeout: ask this first.
+    """
+    proc = getattr(_Runtime.handle, "_proc", None)  # the launcher subprocess of start_local_runtime
+    return None if proc is None else proc.poll()
+
+
 class _Runtime:
     """The Dragon runtime this process started: one per process.
 
@@ -364,7 +374,7 @@ class DragonServer(StagingServer):
     def stop(self) -> None:
         """Destroy the DDict (and, with ``owns_runtime``, stop the runtime and check nothing of it is left)."""
         ddict, self._ddict = self._ddict, None
-        if ddict is not None:
+        if ddict is not None and runtime_exit_code() is None:  # an ended runtime took the DDict's processes along
             t0 = time.perf_counter()
             with contextlib.suppress(Exception):  # a runtime that died already took the DDict with it
                 ddict.destroy()

@@ -295,8 +295,7 @@ def check_dragon_runtime() -> None:
     """
     from simai_core.staging import dragon as backend
 
-    proc = getattr(backend._Runtime.handle, "_proc", None)  # the launcher subprocess of start_local_runtime
-    code = None if proc is None else proc.poll()
+    code = backend.runtime_exit_code()
     if code is None:
         return
     why = (" (255: Dragon's abnormal termination, which its Local Services send when one of their services "
