@@ -107,7 +107,7 @@ class TrainerConfig(BaseModel):
                                 "bound, so checkpoints grew rarer as the run went on")
     graph_patch_nodes: int = Field(
         1024, ge=2, description="GNN training splits each rank's graph into slabs of at most this many nodes (induced "
-                                "edges only); inference runs on the whole graph")
+                                "edges only); the simulation's check predicts its sample on the sample's k-hop subgraph")
     checkpoint_every: int = Field(10, ge=1, description="Epochs between TorchScript checkpoints")
     window: int | None = Field(
         None, ge=1, description="Keep only the newest N sync steps of data (None: all, as the reference)"
