@@ -145,8 +145,6 @@ def test_killed_trainer_ranks_end_the_mpi_job(name, tmp_path, leftovers):
 
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(mpi.size() > 1, reason="starts its own mpiexec")
-@pytest.mark.xfail(strict=True, reason="until run_mpi aborts on a peer timeout (the driver change proposed for "
-                   "issue 13): the solver ranks then wait for the stopped trainer in the final all-gather forever")
 def test_stopped_trainer_ranks_fail_the_solver_ranks(tmp_path, leftovers):
     """SIGSTOP both trainer ranks (alive but silent, as a hung trainer is: no launcher notices): every solver
     rank fails with the peer timeout within its deadline + a few seconds, and the job ends, leaving nothing."""

@@ -174,7 +174,8 @@ def record_workflow(benchmark: Any, config: pytest.Config, request: pytest.Fixtu
     if full:
         measured, extra["combined"] = _combined(result)
         sim0 = next(r for r in result.reports if r.component == "sim")
-        extra["solver"] = {k: sim0.detail[k] for k in ("global_shape", "topology", "dt_ms", "cfl_limit_ms", "sources")
+        extra["solver"] = {k: sim0.detail[k] for k in ("global_shape", "topology", "dt_ms", "cfl_limit_ms", "sources",
+                                                 "compile_cache", "compile_cache_dir")
                            if k in sim0.detail}
     elsewhere = result.mode == "mpi" and result.world_size != mpi.size()  # ranks a Dragon runtime started
     foms = record(benchmark, run_info(params, **extra), result.local_foms(), FULL_FOMS if full else MOTIF6_FOMS,

@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from simai_core import mpi
 from simai_core.staging import registry
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.launch import ComponentProcess, run_component
 from simai_core.workflow.layout import node_comm, plan_layout, serial_role
-from simai_core.workflow.protocol import Keys, WorkflowError
+from simai_core.workflow.protocol import Keys, PeerTimeoutError, WorkflowError
 from simai_core.workflow.report import ComponentReport, Outcome, local_foms
 
 
@@ -146,6 +147,10 @@ def run_mpi(cfg: WorkflowConfig, backend: str, address: str, world: Any, profile
     client = registry.connect(backend, address)
     try:
         report = run_component(cfg, role, client, start, profile_backend)
+        if report.error is not None and report.error.startswith(PeerTimeoutError.__name__):
+            # The other component went silent (killed, stopped, hung): its ranks may never reach the all-gather.
+            mpi.abort(f"{report.error}\nThe {'train' if role.component == 'sim' else 'sim'} ranks may never reach "
+                      "the end of the run: aborting all ranks")
         reports = world.allgather(report.model_dump())
         if role.is_head and role.component == "sim":  # everyone is done with the keys now
             clean_keys(client, cfg.run_id, failed=any(r["error"] for r in reports))
@@ -206,8 +211,6 @@ def colocated_address(backend: str, shared_address: str, world: Any, profile: An
     ``force_per_node``) the first rank of every node starts a server of ``backend``
     for its node, and it is stopped when the block ends (collective over ``world``).
     """
-    from simai_core import mpi
-
     node = node_comm(world)  # virtual nodes when set
     leaders = world.allreduce(1 if node.Get_rank() == 0 else 0)
     server = None

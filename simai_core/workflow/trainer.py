@@ -62,9 +62,10 @@ class Trainer:
         try:
             with self.acc.section("process_group"):
                 distributed.init_process_group(self.role.comm, self.backend, self.cfg.peer_timeout_s)
-            self._beat(force=True)
+            # The first heartbeat comes once set up: model building and scripting take a minute on a busy node, and
+            # until then the simulation's start-up deadline applies, not the shorter one for a silent peer.
             self._setup()
-            self._beat(force=True)  # model building can take a while on a busy node
+            self._beat(force=True)
             self._open_source()
             self._loop()
             self.data_counters = self._finish_source()
@@ -96,7 +97,6 @@ class Trainer:
                 found = self.client.poll(key, timeout_s=1.0)
 
             everywhere = all(agree(self.role.comm, self.acc, functools.partial(self._probe_key, found)))
-            self._beat()
             if everywhere:
                 return
 
