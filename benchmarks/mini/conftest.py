@@ -15,8 +15,11 @@ _OPTIONS: dict[str, tuple[Any, str]] = {
     "--simai-inputs": (None, "well_posed (u and v on every size, default) or reference (u alone on debug and small, "
                              "which no model can advance one step)"),
     "--simai-mini-batch": (None, "trainer mini-batch (default: MLP n_points/16 within [64, 8192], GNN 1 graph patch)"),
-    "--simai-epoch-batches": (None, "most mini-batches per epoch (default 64 MLP, 4 GNN)"),
+    "--simai-epoch-batches": (None, "most mini-batches per epoch (default: MLP 65536 samples' worth within [8, 64], "
+                                    "64 on debug and small, 16 on medium; GNN 4)"),
     "--simai-checkpoint-every": (None, "epochs between checkpoints (default 10)"),
+    "--simai-check-points": (None, "interior points per simulation rank the surrogate check judges (default 4096; "
+                                   "all: every point)"),
     "--simai-max-steps": (None, "simulation step limit (default 1000)"),
     "--simai-step-time": (None, "seconds of emulated simulation work per step (default 0.5)"),
     "--simai-step-cost": (None, "emulated work: sleep or kernel (default sleep)"),
