@@ -176,6 +176,21 @@ def _prune_old_job_dirs(root: Path, keep: int = 3) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Leave a benchmark that timed no round out of the JSON instead of losing the whole JSON.
+
+    pytest-benchmark marks a benchmark as failed only on an ``Exception``; one ended by ``pytest.fail``
+    or ``pytest.skip``, a timeout or Ctrl-C inside its timed code keeps empty statistics, on which its
+    JSON writer raises at the end of the session, and no benchmark of the session is saved.
+    """
+    yield
+    fixture = getattr(item, "funcargs", {}).get("benchmark")
+    metadata = getattr(fixture, "stats", None)
+    if fixture is not None and metadata is not None and not metadata.stats.data:
+        fixture.has_error = True
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Under MPI, a failure on any rank ends the job at once, with its traceback on stderr."""
     if report.failed and mpi.size() > 1:
@@ -298,7 +313,7 @@ def _session_run(config: pytest.Config) -> dict[str, Any] | None:
     session = getattr(config, "_benchmarksession", None)
     if mpi.rank() != 0 or session is None or not session.benchmarks:
         return None
-    return {"benchmarks": [b.as_dict(include_data=False) for b in session.benchmarks]}
+    return {"benchmarks": [b.as_dict(include_data=False) for b in session.benchmarks if not b.has_error]}
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's timing table, so the FOMs end the report
