@@ -7,18 +7,15 @@ acts on the trainer ranks from outside. The backend comes from $SIMAI_CASE_BACKE
 and the peer deadline from $SIMAI_CASE_PEER_TIMEOUT_S (60 s).
 """
 
-import json
 import os
-import threading
-import time
 
 import pytest
+from underway import announce_when_under_way  # beside this file: pytest puts its directory on sys.path
 
 from simai_core import mpi
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.driver import run_mpi
 from simai_core.workflow.layout import plan_layout
-from simai_core.workflow.protocol import Keys
 
 # An MSE no model meets: the run never converges on its own.
 ENDLESS = {"problem": {"size": "debug", "dtype": "float32"}, "graph": {"k": 4}, "deployment": "clustered",
@@ -27,22 +24,6 @@ ENDLESS = {"problem": {"size": "debug", "dtype": "float32"}, "graph": {"k": 4}, 
            "trainer": {"model": {"kind": "gnn", "residual": True}, "window": 50},
            "peer_timeout_s": float(os.environ.get("SIMAI_CASE_PEER_TIMEOUT_S", "60")), "startup_timeout_s": 600,
            "heartbeat_interval_s": 0.2, "finish_timeout_s": 10}
-
-
-def announce_when_under_way(client, cfg: WorkflowConfig, record: dict) -> None:
-    keys = Keys(cfg.run_id)
-
-    def watch() -> None:
-        while True:
-            sim, train = client.get_tensor(keys.sim_status), client.get_tensor(keys.train_status)
-            if train is not None and train[0] >= 1 and sim is not None and sim[0] >= 3:
-                with open(os.environ["SIMAI_CASE_RECORD"], "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                print("READY", flush=True)
-                return
-            time.sleep(0.05)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 @pytest.mark.backends(os.environ.get("SIMAI_CASE_BACKEND", "nodelocal"))
@@ -57,6 +38,6 @@ def test_endless_full_run(staging, staging_pool, backend, tmp_path):
         record = {"pids": [r["pid"] for r in ranks], "ranks": ranks,
                   "shm": sorted({segment for segments in mapped for segment in segments}),
                   "port": getattr(server, "port", None), "path": str(getattr(server, "path", "") or "")}
-        announce_when_under_way(staging, cfg, record)
+        announce_when_under_way(staging, cfg, record, checkpoints=1)
     result = run_mpi(cfg, backend, staging_pool.address(backend), mpi.world(), workdir=tmp_path)
     result.raise_for_errors()
