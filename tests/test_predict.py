@@ -426,9 +426,11 @@ def test_cli_check_needs_a_mini_run(micro_json, capsys):
 #: the trainer (waking often) does. On a quiet node (load average 1-4, the CI rehearsal) redis went the other way:
 #: data 2.94x, traffic 2.64x (the mini's calls waited less for a CPU than the busy_warm variant's callers did). The
 #: bounds are those measured, with a little room: they still fail an op mix off by a size (the byte counts are
-#: checked exactly below) or a redis prediction off by more than 4x.
-DATA_BOUND = {"redis": 4.0, "nodelocal": 6.0}
-TRAFFIC_BOUND = {"redis": 4.0, "nodelocal": 6.0}
+#: checked exactly below) or a redis prediction off by more than 4x. nodelocal's prediction itself moved 9x between two
+#: quiet CI rehearsals (data 1.26 and 0.14 ms: its busy_warm calls are rarely preempted, and then by a lot), and its
+#: measured figure 8x between loaded runs, so only a 10x miss fails it: the check there is the op mix.
+DATA_BOUND = {"redis": 4.0, "nodelocal": 10.0}
+TRAFFIC_BOUND = {"redis": 4.0, "nodelocal": 10.0}
 
 
 def _mpiexec(np_: int, *args: str, timeout: float) -> None:
