@@ -97,8 +97,8 @@ def test_killed_trainer_fails_a_streaming_simulation(file_staging, tmp_path):
 def test_a_sync_writer_blocked_on_a_full_queue_counts_as_waiting(file_staging, tmp_path):
     """A trainer whose epochs outlast a sync interval keeps a one-step queue full: the writer waits, it does not send."""
     cfg = WorkflowConfig.model_validate({
-        "problem": {"size": "debug"}, "simulation": {"step_time_s": 0.05, "max_steps": 80},
-        "trainer": {"mini_batch": 8, "epoch_batches": 500, "checkpoint_every": 1},
+        "problem": {"size": "debug"}, "simulation": {"step_time_s": 0.02, "max_steps": 80},
+        "trainer": {"mini_batch": 8, "epoch_batches": 2000, "checkpoint_every": 1},
         "streamed_data": {"mode": "sync", "queue_limit": 1}})
     result = run_serial(cfg, "filesystem", file_staging[1], tmp_path)
     result.raise_for_errors()
