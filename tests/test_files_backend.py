@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -274,31 +274,42 @@ def test_nodelocal_writes_in_place_and_filesystem_renames(shm: Path) -> None:
         assert sorted(p.name for p in shm.iterdir()) == ["a.slots", "b.npy"]
 
 
+def _overtaken_preadv(writer: FileClient, key: str, n: int, calls: list, mixed: list) -> Callable[..., int]:
+    """A ``preadv`` whose first call is cut in half; between the halves ``writer`` puts ``key`` twice
+    (all 2s: the other slot; all 3s: the slot being read). Each call is logged to ``calls`` as
+    ``("preadv", fd, offset)``; the values the first call's buffer ended up holding go to ``mixed``."""
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: list, offset: int) -> int:
+        first = not any(name == "preadv" for name, _, _ in calls)
+        calls.append(("preadv", fd, offset))
+        if not first:
+            return real_preadv(fd, buffers, offset)
+        head, into = buffers
+        got = real_preadv(fd, [head, into[: n // 2]], offset)
+        writer.put_tensor(key, np.full(n, 2, np.uint8))  # the other slot
+        writer.put_tensor(key, np.full(n, 3, np.uint8))  # this slot, under the reader
+        got += real_preadv(fd, [into[n // 2:]], offset + got)
+        mixed.extend(np.unique(into).tolist())
+        return got
+
+    return preadv
+
+
 def test_a_read_that_two_puts_overtake_starts_over(shm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reader's preadv is cut in half; between the halves two puts land, the second in the very slot
     being read. The first try's buffer then mixes two writes; the sequence check must throw it away."""
     n = 1 << 16
     with FileClient("test", shm, in_place=True) as reader, FileClient("test", shm, in_place=True) as writer:
         writer.put_tensor("seq", np.full(n, 1, np.uint8))
-        real_preadv, tries, mixed = os.preadv, [], []
-
-        def overtaken_preadv(fd: int, buffers: list, offset: int) -> int:
-            tries.append(offset)
-            if len(tries) > 1:
-                return real_preadv(fd, buffers, offset)
-            head, out = buffers
-            got = real_preadv(fd, [head, out[: n // 2]], offset)
-            writer.put_tensor("seq", np.full(n, 2, np.uint8))  # the other slot
-            writer.put_tensor("seq", np.full(n, 3, np.uint8))  # this slot, under the reader
-            got += real_preadv(fd, [out[n // 2:]], offset + got)
-            mixed.extend(np.unique(out).tolist())
-            return got
-
-        monkeypatch.setattr(files.os, "preadv", overtaken_preadv)
+        calls: list[tuple[str, int, int]] = []
+        mixed: list[int] = []
+        monkeypatch.setattr(files.os, "preadv", _overtaken_preadv(writer, "seq", n, calls, mixed))
         out = np.empty(n, np.uint8)
         assert reader.get_tensor("seq", out=out) is out
     assert mixed == [1, 3], "the first try did not read across two writes"
-    assert len(tries) == 2 and tries[0] == tries[1]  # started over on the same slot, now generation 3's
+    offsets = [offset for _, _, offset in calls]
+    assert len(offsets) == 2 and offsets[0] == offsets[1]  # started over on the same slot, now generation 3's
     assert np.all(out == 3)
 
 
@@ -461,25 +472,15 @@ def test_a_guessed_read_that_two_puts_overtake_starts_over(shm: Path, monkeypatc
         writer.put_tensor("guess", np.full(n, 1, np.uint8))
         out = np.empty(n, np.uint8)
         _stable(reader, "guess", out)
-        real_preadv, real_pread, calls, mixed = os.preadv, os.pread, [], []
+        real_pread = os.pread
+        calls: list[tuple[str, int, int]] = []
+        mixed: list[int] = []
 
         def pread(fd: int, size: int, offset: int) -> bytes:
             calls.append(("pread", fd, offset))
             return real_pread(fd, size, offset)
 
-        def overtaken_preadv(fd: int, buffers: list, offset: int) -> int:
-            calls.append(("preadv", fd, offset))
-            if len(calls) > 1:
-                return real_preadv(fd, buffers, offset)
-            head, into = buffers
-            got = real_preadv(fd, [head, into[: n // 2]], offset)
-            writer.put_tensor("guess", np.full(n, 2, np.uint8))  # the other slot
-            writer.put_tensor("guess", np.full(n, 3, np.uint8))  # this slot, under the reader
-            got += real_preadv(fd, [into[n // 2:]], offset + got)
-            mixed.extend(np.unique(into).tolist())
-            return got
-
-        monkeypatch.setattr(files.os, "preadv", overtaken_preadv)
+        monkeypatch.setattr(files.os, "preadv", _overtaken_preadv(writer, "guess", n, calls, mixed))
         monkeypatch.setattr(files.os, "pread", pread)
         assert reader.get_tensor("guess", out=out) is out
     assert mixed == [1, 3], "the guessed read did not read across two writes"
