@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -89,3 +90,21 @@ def test_importing_the_packages_does_not_import_torch():
             "simai_core.workflow.graph, simai_core.workflow.problem; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_a_process_that_scripts_a_gnn_leaves_no_generated_source_behind(tmp_path):
+    """PyG writes the generated ``propagate`` of each message-passing class to the temp dir; it goes at exit."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    mine = temp / "not-pyg.py"
+    mine.write_text("")
+    code = ("import pathlib, tempfile; from simai_core.models import GNNConfig, build_model; "
+            "from simai_core.workflow import checkpoint; "
+            "model = build_model(GNNConfig(hidden_channels=8, n_message_passing_layers=2), 1, 1, 2); "
+            "checkpoint.to_bytes(checkpoint.script(model)); "
+            "print(*sorted(p.name for p in pathlib.Path(tempfile.gettempdir()).glob('*_propagate_*.py')))")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(temp)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ProcessorBlock_propagate_" in proc.stdout, "PyG no longer writes a temp file: drop the clean-up"
+    assert sorted(p.name for p in temp.iterdir()) == ["not-pyg.py"]

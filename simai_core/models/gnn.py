@@ -10,6 +10,13 @@ receiver, residual node update on ``[x, aggregated]``) and a node decoder.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
@@ -28,6 +35,31 @@ def make_mlp(n_in: int, hidden: int, n_out: int, n_hidden_layers: int, layer_nor
     return nn.Sequential(*layers)
 
 
+_REMOVE_AT_EXIT: set[str] = set()
+
+
+def _remove_generated_source_at_exit(module_name: str) -> None:
+    """Remove PyG's generated module ``module_name`` from the temp dir when this process exits.
+
+    PyG writes each MessagePassing class's ``propagate`` to a new temp file per process and never
+    removes it (hundreds pile up over a test session). TorchScript reads that source when it scripts
+    the model, so the file must stay while the process runs.
+    """
+    path = getattr(sys.modules.get(module_name), "__file__", None)
+    if path is None or path in _REMOVE_AT_EXIT:
+        return
+    generated = Path(path)
+    if generated.parent != Path(tempfile.gettempdir()) or not generated.name.startswith(f"{module_name}_"):
+        return  # not PyG's temp file: leave it alone
+    _REMOVE_AT_EXIT.add(path)
+    atexit.register(_unlink_quietly, path)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class ProcessorBlock(MessagePassing):
     """One message-passing step: residual edge update, sum aggregation, residual node update.
 
@@ -37,6 +69,7 @@ class ProcessorBlock(MessagePassing):
 
     def __init__(self, hidden: int, n_hidden_layers: int, layer_norm: bool) -> None:
         super().__init__(aggr="sum", flow="source_to_target")
+        _remove_generated_source_at_exit(f"{type(self).__module__}_{type(self).__name__}_propagate")
         self.edge_mlp = make_mlp(3 * hidden, hidden, hidden, n_hidden_layers, layer_norm)
         self.node_mlp = make_mlp(2 * hidden, hidden, hidden, n_hidden_layers, layer_norm)
 
