@@ -158,6 +158,25 @@ def test_dragon_reaper_removes_only_pool_files_of_ours_named_as_dragon_names_the
             Path("/dev/shm", name).unlink(missing_ok=True)
 
 
+@as_root
+def test_dragon_shutdown_takes_only_this_users_pool_files_of_its_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At shutdown the runtime's pool files are found by name; another user's file of that name is not ours."""
+    launcher = 4242000 + os.getpid() % 1000
+    prefix = dragon.runtime_pool_prefix(launcher)
+    ours, theirs = f"{prefix}simaitest", f"{prefix}simaitheirs"
+    other_launcher = f"{dragon.runtime_pool_prefix(launcher + 1)}simaitest"
+    monkeypatch.setattr(dragon._Runtime, "launcher_pid", launcher)
+    monkeypatch.setattr(dragon._Runtime, "shm_before", set(os.listdir("/dev/shm")))
+    try:
+        Path("/dev/shm", ours).write_bytes(b"pool")
+        Path("/dev/shm", other_launcher).write_bytes(b"pool")
+        _other_users_file(Path("/dev/shm", theirs))
+        assert dragon._Runtime.shm_files() == {ours}
+    finally:
+        for name in (ours, theirs, other_launcher):
+            Path("/dev/shm", name).unlink(missing_ok=True)
+
+
 @pytest.fixture
 def sleepers() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Three ``sleep`` processes: ours, another user's, and ours again (to be recorded with a wrong start)."""

@@ -303,12 +303,21 @@ class _Runtime:
 
     @classmethod
     def shm_files(cls) -> set[str]:
-        """This run's pool files: new since the start and named after the launcher's PID."""
+        """This run's pool files: this user's, new since the start, and named after the launcher's PID."""
         if cls.launcher_pid is None:
             return set()
-        tail, full = f"DD0{cls.launcher_pid % 1000:03d}", str(cls.launcher_pid)
+        prefix, full = runtime_pool_prefix(cls.launcher_pid), str(cls.launcher_pid)
         new = set(os.listdir("/dev/shm")) - cls.shm_before
-        return {f for f in new if f.startswith(tail) or (f.startswith("DD") and full in f)}
+        return {f for f in new if (f.startswith(prefix) or (f.startswith("DD") and full in f)) and _own_pool_file(f)}
+
+
+def runtime_pool_prefix(pid: int) -> str:
+    """How the /dev/shm files of a Dragon runtime launched as ``pid`` by this user begin.
+
+    Dragon names its pools ``D`` + the uid's and the PID's last three digits (``runtime_pool_name``)
+    and shm_open adds another ``D``.
+    """
+    return f"DD{str(os.getuid())[-3:]}{str(pid)[-3:]}"
 
 
 def shutdown_runtime() -> dict[str, list[Any]]:
