@@ -36,13 +36,18 @@ def area(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     if request.param == "filesystem":
         yield tmp_path
         return
+    yield from _tmpfs_dir("simai-test-files-")
+
+
+def _tmpfs_dir(prefix: str) -> Iterator[Path]:
+    """A new directory in /dev/shm, removed afterwards (the test is skipped without /dev/shm)."""
     if not Path("/dev/shm").is_dir():
         pytest.skip("no /dev/shm on this machine")
-    shm = Path(tempfile.mkdtemp(prefix="simai-test-files-", dir="/dev/shm"))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/dev/shm"))
     try:
-        yield shm
+        yield path
     finally:
-        shutil.rmtree(shm, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=[False, True], ids=["rename", "slots"])
@@ -252,13 +257,7 @@ def test_full_device_keeps_the_old_value(tiny_tmpfs: Path, in_place: bool) -> No
 @pytest.fixture
 def shm() -> Iterator[Path]:
     """A directory on tmpfs, where nodelocal puts its slots files."""
-    if not Path("/dev/shm").is_dir():
-        pytest.skip("no /dev/shm on this machine")
-    path = Path(tempfile.mkdtemp(prefix="simai-test-slots-", dir="/dev/shm"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    yield from _tmpfs_dir("simai-test-slots-")
 
 
 def test_nodelocal_writes_in_place_and_filesystem_renames(shm: Path) -> None:
