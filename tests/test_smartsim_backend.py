@@ -475,6 +475,26 @@ def test_failed_or_interrupted_start_leaves_nothing(tmp_path, monkeypatch, error
     assert_gone(srv)
 
 
+def test_a_db_that_answers_late_still_starts(tmp_path, monkeypatch):
+    """SmartSim checks a launched DB with one PING; a DB whose socket opens after it must still start."""
+    if (reason := _reason()) is not None:
+        pytest.skip(reason)
+    real, asked = backend._answers, []
+
+    def late(address: str) -> bool:  # the first five PINGs (0.25 s at the start) go unanswered
+        asked.append(address)
+        return len(asked) > 5 and real(address)
+
+    monkeypatch.setattr(backend, "_answers", late)
+    srv = backend.make_server("smartsim", load_profile("local"), tmp_path)
+    srv.start()
+    try:
+        assert len(asked) > 5 and real(srv.address)
+    finally:
+        srv.stop()
+    assert_gone(srv)
+
+
 def test_local_launcher_refuses_shards_clearly(tmp_path):
     if (reason := _reason()) is not None:
         pytest.skip(reason)

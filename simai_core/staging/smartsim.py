@@ -396,8 +396,14 @@ class SmartSimServer(StagingServer):
             raise BackendUnavailableError(
                 f"SmartSim's local launcher starts single-shard Orchestrators only (db_nodes={self.db_nodes} asked): "
                 "use db_nodes=1 here, or a batch launcher (pbs/slurm/pals) in the machine profile") from exc
+        # SmartSim checks a DB (and answers get_address) with a TCP PING to host:port, which a DB without a
+        # TCP port cannot answer: the check PINGs our address instead (a partial: SmartSim pickles the DB).
+        # Its start-up check is one PING a job-manager interval after the launch, which can come before the
+        # DB (started by a Python wrapper) listens: until the start returns, the check waits for an answer.
+        db.is_active = partial(_answers_within, self._address, _START_TIMEOUT_S)
         self._entity = db
         self._exp.start(db, block=True)
+        db.is_active = partial(_answers, self._address)  # started: a check no longer waits
 
     def _unix_orchestrator(self, orchestrator: type[Any]) -> Any:
         """An Orchestrator whose DB has the Unix socket and no TCP port (port 0), via SmartSim's REDIS_CONF."""
@@ -410,9 +416,6 @@ class SmartSimServer(StagingServer):
         with _env("REDIS_CONF", str(conf)):  # read as the Orchestrator builds the DB's command line
             db: Any = orchestrator(path=str(self.exp_path / "db"), port=0, interface=self.interface,
                                    launcher=self.launcher, db_nodes=self.db_nodes)
-        # SmartSim checks a started DB (and answers get_address) with a TCP PING to host:port, which a DB
-        # without a TCP port cannot answer: it asks on the socket instead (a partial: SmartSim pickles the DB).
-        db.is_active = partial(_answers, self._address)
         return db
 
     def _start_colocated(self) -> None:
@@ -475,6 +478,16 @@ class SmartSimServer(StagingServer):
 def _answers(address: str) -> bool:
     """Whether the DB at ``address`` answers a PING now."""
     return bool(_redis_call(address, "ping"))
+
+
+def _answers_within(address: str, timeout_s: float) -> bool:
+    """Whether the DB at ``address`` answers a PING within ``timeout_s`` (asked every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not _answers(address):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def redis_kwargs(address: str) -> dict[str, Any]:
