@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from simai_core import mpi
+from simai_core.bench.pool import StagingPool
 from simai_core.profiles import load_profile
 from simai_core.staging import registry
 from simai_core.workflow.config import ProblemConfig, WorkflowConfig
@@ -23,22 +24,12 @@ FAST = {"problem": {"size": "debug"}, "simulation": {"step_time_s": 0.05}, "hear
 
 @pytest.fixture
 def shared_files(tmp_path):
-    """A filesystem staging area started on rank 0; every rank gets the address and a client."""
-    server = None
-
-    def start() -> str:
-        nonlocal server
-        server = registry.make_server("filesystem", load_profile("local"), tmp_path / "server")
-        server.start()
-        return server.address
-
-    address = mpi.bcast_result(start)
-    client = registry.connect("filesystem", address)
-    yield client, address
-    client.close()
-    mpi.barrier()
-    if server is not None:
-        server.stop()
+    """A filesystem staging area started on rank 0; every rank gets a client and the address."""
+    pool = StagingPool(load_profile("local"), tmp_path)
+    try:
+        yield pool.client("filesystem"), pool.address("filesystem")
+    finally:
+        pool.close()
 
 
 def test_ddp_ranks_hold_identical_weights_after_a_step():
