@@ -384,6 +384,7 @@ class SmartSimServer(StagingServer):
     def _start_orchestrator(self) -> None:
         from smartsim.database import Orchestrator
 
+        db: Any  # its is_active is replaced below
         try:
             if self.socket is None:
                 db = Orchestrator(path=str(self.exp_path / "db"), port=self.port, interface=self.interface,
