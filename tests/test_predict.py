@@ -7,7 +7,6 @@ the measured one; select it with ``-m mini`` (5 to 6 minutes on 2 cores).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import shutil
@@ -22,7 +21,7 @@ from rich.console import Console
 from simai_core.cli import main
 from simai_core.predict import estimate, workflow
 from simai_core.predict.check import check_runs, render_check
-from simai_core.predict.model import CostModel, Curve, Sample, cost_model
+from simai_core.predict.model import CostModel, CpuWait, Curve, Sample, cost_model, fit_cpu_wait
 from simai_core.report import samples
 from simai_core.report.loading import load_run, parse_run
 
@@ -180,21 +179,26 @@ def test_cold_and_fresh_key_curves_price_first_calls_and_snapshot_puts():
     assert "latency from" in text and "cold get_tensor" in text and "fresh-key" in text
 
 
-WARM_LAT = 40 * LAT  # the synthetic backend's calls after work, with busy neighbours
+WAIT, SHARE = 30 * LAT, 0.5  # the synthetic backend's CPU wait after work, with busy neighbours: WAIT + SHARE x t
+
+
+def warm(t: float) -> float:
+    """A call of ``t`` back to back, made after work with busy neighbours."""
+    return (1 + SHARE) * t + WAIT
 
 
 def _warm_benches(world: int) -> list[dict]:
     """The ``busy_warm`` cold-call benchmarks of the synthetic backend (metadata ops and tensor puts and gets)."""
     benches = []
     for op, n in (("put_scalar", 8), ("get_scalar", 8), ("exists", 0)):
-        t = WARM_LAT + n / BW
+        t = warm(LAT + n / BW)
         simai = {"level": "micro", "backend": "redis", "world_size": world,
                  "params": {"op": op, "idle_s": 0.5, "neighbours": "busy_warm"}}
         benches.append(samples.bench("test_metadata_cold", f"redis-{op}-busy_warm", simai,
                                      {"cold_latency_s": samples.fom(t, "s", "lower")}, t))
     for op in ("put", "get"):
         for n in (4096, 65536, 4 * 2**20):
-            t = WARM_LAT + n / BW
+            t = warm(LAT + n / BW)
             simai = {"level": "micro", "backend": "redis", "world_size": world,
                      "params": {"op": op, "nbytes": n, "idle_s": 0.5, "neighbours": "busy_warm"}}
             benches.append(samples.bench("test_tensor_cold", f"redis-{op}-{n}-busy_warm", simai,
@@ -202,41 +206,76 @@ def _warm_benches(world: int) -> list[dict]:
     return benches
 
 
-def test_warm_busy_curves_price_every_simulation_call_and_a_new_key_adds_its_surcharge():
+def test_cpu_wait_is_one_line_through_every_warm_call_and_never_negative():
+    exact = fit_cpu_wait([(t, 0.002 + 0.3 * t) for t in (1e-4, 1e-3, 5e-3)])
+    assert exact.per_call_s == pytest.approx(0.002) and exact.share == pytest.approx(0.3) and exact.points == 3
+    shrinking = fit_cpu_wait([(1e-4, 3e-3), (1e-3, 2e-3), (5e-3, 1e-3)])  # longer calls waited less: noise
+    assert shrinking.share == 0.0 and shrinking.per_call_s == pytest.approx(2e-3)
+    steep = fit_cpu_wait([(1e-4, 0.0), (1e-3, 0.0), (5e-3, 5e-3)])  # only long calls lose time: no wait of its own
+    assert steep.per_call_s == 0.0 and steep.share > 0
+    assert fit_cpu_wait([(1e-3, -1e-4)]) == CpuWait(0.0, 0.0, 1)  # warm faster than back to back: no wait
+
+
+def _warm_model() -> CostModel:
     doc = _micro_doc(4, 1.0, variants=True)
     doc["benchmarks"] += samples.run_doc(_warm_benches(4))["benchmarks"]
     model = cost_model([parse_run(doc, "micro")], "redis")
-    assert {"warm_busy:put_tensor", "warm_busy:get_tensor", "warm_busy:exists"} <= set(model.curves)
     model.add(Curve("put_bytes", 4, (Sample(30000, LAT + 30000 / BW), Sample(170000, LAT + 170000 / BW))))
-    shape = workflow.shape(workflow.workflow_config("small", "mlp"), 4, fetches_per_sync=0.5, checkpoint_bytes=40000)
+    return model
+
+
+def test_every_simulation_call_after_work_pays_the_fitted_cpu_wait_and_a_new_key_its_surcharge():
+    model = _warm_model()
+    assert {"warm_busy:put_tensor", "warm_busy:get_tensor", "warm_busy:exists"} <= set(model.curves)
+    fitted = model.cpu_wait(4)
+    assert fitted is not None and fitted.points == 9
+    assert fitted.per_call_s == pytest.approx(WAIT, rel=1e-3) and fitted.share == pytest.approx(SHARE, rel=1e-3)
+    assert model.cpu_wait(8) == fitted  # the nearest rank count measured
+    # A snapshot build longer than a scheduler tick (the medium problem's, ~15 ms here): every call follows work.
+    shape = workflow.shape(workflow.workflow_config("small", "mlp"), 4, fetches_per_sync=0.5, checkpoint_bytes=40000,
+                           step_cpu=0.02, load_cpu=0.01)
     terms = {t.op.what: t for t in estimate.predict(model, shape, sync_steps=10).terms}
     n = shape.snapshot_nbytes
     surcharge = n / FRESH_BW - n / BW  # fresh-key minus back-to-back put at the snapshot's size
-    for what in ("snapshot put, first call", "snapshot put"):  # first call or not: after the sync point's work
+    label = "back-to-back + warm_busy CPU wait"
+    for what in ("snapshot put, first call", "snapshot put"):
         put = terms[what]
-        assert put.cost.latency_s == pytest.approx(WARM_LAT)
-        assert put.cost.transfer_s == pytest.approx(n / BW + surcharge, rel=1e-3)  # put_scalar's 8 B: not quite linear
-        assert (put.latency_from, put.bytes_from) == ("warm_busy", "warm_busy + fresh-key")
-    fetch = terms["checkpoint fetch"]  # a byte string: the warm tensor get's curve, at its size
-    assert fetch.cost.seconds == pytest.approx(WARM_LAT + 40000 / BW) and fetch.latency_from == "warm_busy get_tensor"
-    assert terms["trainer status read"].cost.seconds == pytest.approx(WARM_LAT + 32 / BW)
-    assert terms["trainer error key (a get that finds nothing)"].cost.seconds == pytest.approx(WARM_LAT)
+        assert put.cost.latency_s == pytest.approx((1 + SHARE) * LAT + WAIT, rel=1e-3)
+        assert put.cost.transfer_s == pytest.approx((1 + SHARE) * n / BW + surcharge, rel=1e-3)
+        assert (put.latency_from, put.bytes_from) == (label, f"{label} + fresh-key")
+    fetch = terms["checkpoint fetch"]  # a byte string: its own back-to-back curve (the checkpoint pulls)
+    assert fetch.cost.seconds == pytest.approx(warm(LAT + 40000 / BW), rel=1e-3) and fetch.latency_from == label
+    assert terms["trainer status read"].cost.seconds == pytest.approx(warm(LAT + 32 / BW), rel=1e-3)
+    assert terms["trainer error key (a get that finds nothing)"].cost.seconds == pytest.approx(warm(LAT), rel=1e-3)
+    assert terms["heartbeats between syncs"].cost.seconds == pytest.approx(warm(LAT + 24 / BW), rel=1e-3)
     assert terms["snapshot get"].cost.seconds == pytest.approx(LAT + n / BW)  # the trainer's calls: back to back
-    # A heartbeat between syncs follows the step's sleep and the snapshot's build: cold when that build is short...
-    cold = estimate.predict(model, dataclasses.replace(shape, step_cpu_s=0.0), sync_steps=10).terms
-    beat = next(t for t in cold if t.op.what == "heartbeats between syncs")
-    assert beat.cost.latency_s == pytest.approx(COLD_LAT) and beat.latency_from == "cold"
-    # ... a call after work when the build takes more CPU than a scheduler tick (the medium snapshot here: ~15 ms).
-    warm = estimate.predict(model, dataclasses.replace(shape, step_cpu_s=0.02), sync_steps=10).terms
-    beat = next(t for t in warm if t.op.what == "heartbeats between syncs")
-    assert beat.cost.seconds == pytest.approx(WARM_LAT + 24 / BW) and beat.latency_from == "warm_busy"
-    assert workflow.step_cpu_s(workflow.workflow_config("small")) < workflow.WARM_AFTER_S  # 32 KiB: well under a tick
     # A backend whose new keys cost less than overwrites (noise) adds nothing.
-    cheap = cost_model([parse_run(doc, "micro")], "redis")
-    cheap.curves["fresh_key:put_tensor"] = {4: Curve("fresh_key:put_tensor", 4, (Sample(1024, LAT), Sample(2**22, LAT)))}
-    cheap.add(Curve("put_bytes", 4, (Sample(30000, LAT + 30000 / BW), Sample(170000, LAT + 170000 / BW))))
-    put = {t.op.what: t for t in estimate.predict(cheap, shape, sync_steps=10).terms}["snapshot put"]
-    assert put.cost.seconds == pytest.approx(WARM_LAT + n / BW, rel=1e-3)
+    model.curves["fresh_key:put_tensor"] = {4: Curve("fresh_key:put_tensor", 4, (Sample(1024, LAT), Sample(2**22, LAT)))}
+    put = {t.op.what: t for t in estimate.predict(model, shape, sync_steps=10).terms}["snapshot put"]
+    assert put.cost.seconds == pytest.approx(warm(LAT + n / BW), rel=1e-3)
+
+
+def test_calls_after_a_short_snapshot_build_are_cold_and_a_checkpoint_load_warms_the_put_after_it():
+    """The small problem's build (0.2 ms here) leaves the sleep's credit; a new checkpoint's load (~9 ms) spends it."""
+    model = _warm_model()
+    assert workflow.step_cpu_s(workflow.workflow_config("small")) < workflow.WARM_AFTER_S  # 32 KiB: well under a tick
+    shape = workflow.shape(workflow.workflow_config("small", "mlp"), 4, fetches_per_sync=0.5, checkpoint_bytes=40000,
+                           step_cpu=0.0002, load_cpu=0.009)
+    terms = {t.op.what: t for t in estimate.predict(model, shape, sync_steps=10).terms}
+    n = shape.snapshot_nbytes
+    error_key, beat = terms["trainer error key (a get that finds nothing)"], terms["heartbeats between syncs"]
+    assert error_key.cost.seconds == pytest.approx(2 * COLD_LAT) and error_key.latency_from == "cold_busy"  # a first call
+    assert beat.cost.latency_s == pytest.approx(COLD_LAT) and beat.latency_from == "cold"
+    assert terms["trainer status read"].cost.seconds == pytest.approx(LAT + 32 / BW)  # follows it: back to back
+    first = terms["snapshot put, first call"]  # another rank's, when no checkpoint came: cold latency, fresh-key bytes
+    assert first.cost.latency_s == pytest.approx(COLD_LAT) and first.bytes_from == "fresh-key"
+    # The other puts: those after a checkpoint's load (fetch 0.5 of 0.75 calls per rank and sync) pay the CPU wait.
+    put, share = terms["snapshot put"], 0.5 / 0.75
+    plain = model.cost("fresh_key:put_tensor", n, 4).seconds
+    after_load = warm(LAT + n / BW) + plain - (LAT + n / BW)  # the CPU wait plus the new key's surcharge
+    assert put.cost.seconds == pytest.approx(share * after_load + (1 - share) * plain, rel=1e-3)
+    assert put.latency_from.startswith("67%: back-to-back + warm_busy CPU wait; 33%: ")
+    assert workflow.load_cpu_s(workflow.workflow_config("small")) >= workflow.WARM_AFTER_S  # a TorchScript load: ms
 
 
 def test_without_the_variants_the_prediction_falls_back_to_back_to_back_and_warns():

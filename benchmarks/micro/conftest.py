@@ -8,14 +8,18 @@
   then call, as a workflow's trainer ranks train while its simulation ranks sleep; ``busy_warm``, as
   ``busy``, but the calling ranks do not sleep: they compute :data:`WARM_S` after the round's barrier
   (whose wait MPICH spends polling), then call, as the simulation does at a sync point (snapshot,
-  inference, collectives) before its staging calls. Its rounds are short, so it runs
-  :data:`WARM_ROUNDS` of them: the calls' times are heavy-tailed, and their mean needs many.
+  inference, collectives) before its staging calls; and the neighbours compute in bursts of
+  :data:`BURST_S` with a short sleep between (:data:`BURST_GAP_S`), as a DDP trainer does: a
+  mini-batch, then a blocking allreduce. Its rounds are short, so it runs :data:`WARM_ROUNDS` of them:
+  the calls' times are heavy-tailed, and their mean needs many.
 
 Why ``busy_warm``: on a node whose cores the neighbours keep busy, a call that blocks for its reply
 waits for a CPU when the reply wakes it. A rank that has just slept gets one at once (the scheduler
 credits its sleep); a rank that has run past that credit waits behind the running neighbours, up to
 a scheduler tick and more. Measured in the motif-6 workflow, that run-queue wait was most of a
-simulation call's time.
+simulation call's time. A neighbour that wakes often (the trainer, after each allreduce) preempts
+such a caller even in a call that never sleeps (nodelocal); one that computes without a break
+seldom does.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ BUSY_TAIL_S = 0.1
 WARM_S = 0.01
 #: Rounds of a ``busy_warm`` benchmark unless ``--simai-rounds`` says otherwise (no sleep: ~0.1 s each).
 WARM_ROUNDS = 40
+#: ``busy_warm``: a neighbour's burst of work (the motif-6 small MLP's mini-batch, forward and backward, here)
+#: and the sleep after it (a blocking allreduce's wait on a node with nothing to exchange).
+BURST_S = 0.0025
+BURST_GAP_S = 0.0001
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -104,11 +112,19 @@ def _compute(seconds: float) -> None:
         a = a @ a * (1.0 / 64)
 
 
+def _compute_in_bursts(seconds: float) -> None:
+    """Compute for ``seconds`` in bursts of :data:`BURST_S`, sleeping :data:`BURST_GAP_S` after each."""
+    end = time.perf_counter() + seconds
+    while (left := end - time.perf_counter()) > 0:
+        _compute(min(BURST_S, left))
+        time.sleep(BURST_GAP_S)
+
+
 @pytest.fixture
 def after_idle(cold_idle_s: float, neighbours: str) -> Callable[[PairedRounds], Callable[[], None]]:
     """``after_idle(timing)``: a ``benchmark.pedantic`` setup: the round's barrier, then ``--simai-idle`` seconds of sleep
     (a busy neighbour computes instead, through the callers' call too; ``busy_warm`` callers compute :data:`WARM_S`
-    instead of sleeping).
+    instead of sleeping, and its neighbours compute in bursts).
 
     The sleep comes after the barrier because MPICH's barrier busy-polls, which would keep the rank awake:
     the timed call then finds the process, and the staging server, as a workflow's call does after its step.
@@ -120,6 +136,8 @@ def after_idle(cold_idle_s: float, neighbours: str) -> Callable[[PairedRounds], 
             if caller(neighbours):
                 time.sleep(cold_idle_s)
                 _compute(warm)
+            elif neighbours == "busy_warm":
+                _compute_in_bursts(warm + BUSY_TAIL_S)
             else:
                 _compute(cold_idle_s + warm + BUSY_TAIL_S)
         return setup

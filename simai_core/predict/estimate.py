@@ -8,14 +8,14 @@ steps. Only staging traffic and the emulated work are modelled: coupling compute
 solution is a lower bound and the predicted overhead share an upper bound.
 
 Which micro curve prices which call (:func:`price`, printed per term as "latency from" and "bytes
-from"): every simulation call at a sync point comes from the ``warm_busy`` cold-call curve of its op
-(the callers slept, then computed, while the other ranks computed: the simulation's state at a sync
-point, with the trainer training), a put under a new key (a snapshot) plus what a new key costs over
-an overwrite (fresh-key minus back-to-back put, at least 0). A heartbeat between syncs follows the
-step's sleep: it takes the latency of the ``cold_busy`` (else ``cold``) curve, as does a simulation
-rank's first call after its step in a micro run without ``warm_busy``, whose snapshot puts take the
-fresh-key curve. The trainer's calls come from the back-to-back curves. Without the variants at all,
-back to back, with a warning.
+from"): a simulation call made after more than a tick of work since the step's sleep is its
+back-to-back cost plus the CPU wait fitted to the ``warm_busy`` cold-call variant (the callers computed
+while the other ranks computed in bursts: the trainer training), a put under a new key (a snapshot)
+plus what a new key costs over an overwrite (fresh-key minus back-to-back put, at least 0). A
+simulation rank's first call after its step's sleep with less work than that takes the latency of
+the ``cold_busy`` (else ``cold``) curve, as does every first call in a micro run without
+``warm_busy``; its snapshot puts take the fresh-key curve. The trainer's calls come from the
+back-to-back curves. Without the variants at all, back to back, with a warning.
 """
 
 from __future__ import annotations
@@ -95,18 +95,37 @@ def _joined(*warnings: str | None) -> str | None:
     return "; ".join(w for w in warnings if w) or None
 
 
-def price(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, list[str]]:
+Priced = tuple[OpCost, str, str, list[str]]  # one call's cost, the curves of its latency and bytes, fall-back notes
+
+
+def price(model: CostModel, op: Op, clients: int) -> Priced:
     """One call of ``op`` with ``clients`` micro ranks: its cost, the curves of its latency and bytes, fall-back notes.
 
-    A simulation call at a sync point is priced by :func:`price_warm` where the micro run has the ``warm_busy``
-    curve of its op. Otherwise: a put under a new key takes its bytes (and, if not a first call, its latency)
-    from the fresh-key put curve; a first call after the step's idle time takes its latency from the cold-call
-    curve of its op, measured with busy neighbours where the micro run has it (the workflow's trainer ranks
-    compute while the simulation's sleep), else with idle ones.
+    A simulation call made after work (``op.warm``, a share) is priced by :func:`price_warm` where the micro
+    run has the ``warm_busy`` variant, the rest of its calls by :func:`price_after_sleep`; a call with both
+    kinds costs their weighted mean.
+    """
+    if op.component != "sim" or op.warm <= 0 or model.cpu_wait(clients) is None:
+        return price_after_sleep(model, op, clients)
+    warm = price_warm(model, op, clients)
+    if op.warm >= 1:
+        return warm
+    cold, w = price_after_sleep(model, op, clients), op.warm
+    blend = OpCost(w * warm[0].latency_s + (1 - w) * cold[0].latency_s,
+                   w * warm[0].transfer_s + (1 - w) * cold[0].transfer_s, _joined(warm[0].warning, cold[0].warning))
+    share = f"{w:.0%}: {{}}; {1 - w:.0%}: {{}}"
+    return blend, share.format(warm[1], cold[1]), share.format(warm[2], cold[2]), warm[3] + cold[3]
+
+
+def price_after_sleep(model: CostModel, op: Op, clients: int) -> Priced:
+    """A call made without a tick of work since the step's sleep (or any trainer call).
+
+    A put under a new key takes its bytes (and, if not a first call, its latency) from the fresh-key put
+    curve; a first call after the step's idle time takes its latency from the cold-call curve of its op,
+    measured with busy neighbours where the micro run has it (the workflow's trainer ranks compute while
+    the simulation sleeps), else with idle ones; anything else is priced back to back.
     """
     notes: list[str] = []
-    if op.component == "sim" and not op.after_sleep and model.has(variant(COLD_STAND_IN.get(op.op, op.op), WARM_BUSY)):
-        return price_warm(model, op, clients)
     cost, bytes_from = model.cost(op.op, op.nbytes, clients), BACK_TO_BACK
     if op.fresh:
         if model.has(variant(op.op, FRESH_KEY)):
@@ -128,23 +147,30 @@ def price(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, lis
     return cost, latency_from, bytes_from, notes
 
 
-def price_warm(model: CostModel, op: Op, clients: int) -> tuple[OpCost, str, str, list[str]]:
-    """A simulation call as the ``warm_busy`` cold-call variant measured it (latency and bytes), plus the new-key surcharge.
+def price_warm(model: CostModel, op: Op, clients: int) -> Priced:
+    """A simulation call at a sync point: back to back, plus the ``warm_busy`` CPU wait, plus a new key's surcharge.
 
-    The simulation makes its calls after its own sync-point work (snapshot, inference, collectives' busy
-    waits) while the trainer ranks train: a call that waits for its reply then waits for a CPU, as the
-    variant's callers did. A put under a new key adds what the fresh-key put costs over the back-to-back
-    overwrite at its size (at least 0: a backend that does not care adds nothing, not its noise).
-    A byte-string call takes the curve of the tensor call of its direction.
+    The CPU wait is the one fitted to the ``warm_busy`` variant (:meth:`CostModel.cpu_wait`). The
+    simulation makes its calls after its own sync-point work (snapshot, inference, collectives' busy
+    waits) while the trainer ranks train: a call waits for a CPU when its reply wakes it, and loses a
+    share of its run time to the waking trainer ranks, as the variant's callers did. The wait's latency
+    part (``per_call_s`` and the share of the latency) goes to the latency term, the share of the
+    transfer to the bytes term. A put under a new key adds what the fresh-key put costs over the
+    back-to-back overwrite at its size (at least 0: a backend that does not care adds nothing, not its
+    noise).
     """
-    base = COLD_STAND_IN.get(op.op, op.op)
-    label = f"{WARM_BUSY} {base}" if base != op.op else WARM_BUSY
-    cost, bytes_from, notes = model.cost(variant(base, WARM_BUSY), op.nbytes, clients), label, []
+    wait = model.cpu_wait(clients)
+    assert wait is not None  # price() sends only calls whose backend has warm_busy measurements
+    plain = model.cost(op.op, op.nbytes, clients)
+    cost = OpCost(plain.latency_s * (1 + wait.share) + wait.per_call_s, plain.transfer_s * (1 + wait.share),
+                  plain.warning)
+    label, notes = f"{BACK_TO_BACK} + {WARM_BUSY} CPU wait", []
+    bytes_from = label
     if op.fresh:
         if model.has(variant(op.op, FRESH_KEY)):
-            fresh, plain = model.cost(variant(op.op, FRESH_KEY), op.nbytes, clients), model.cost(op.op, op.nbytes, clients)
+            fresh = model.cost(variant(op.op, FRESH_KEY), op.nbytes, clients)
             surcharge = max(0.0, fresh.seconds - plain.seconds)
-            cost = OpCost(cost.latency_s, cost.transfer_s + surcharge, _joined(cost.warning, fresh.warning, plain.warning))
+            cost = OpCost(cost.latency_s, cost.transfer_s + surcharge, _joined(cost.warning, fresh.warning))
             bytes_from = f"{label} + fresh-key"
         else:
             notes.append(f"the micro run has no fresh-key put (test_tensor_fresh_key) on {model.backend}: "

@@ -24,6 +24,11 @@ Per operation: ``cost = latency + bytes / bandwidth``.
   besides, the calling ranks computed before the call: ``neighbours=busy_warm``) and
   ``fresh_key:put_tensor`` from ``test_tensor_fresh_key`` (each put under a new key) are curves of
   their own, read the same way.
+* CPU wait (:meth:`CostModel.cpu_wait`): what a ``warm_busy`` call cost beyond the back-to-back call
+  of its op and size, fitted over all of them as ``per_call_s + share * t`` (``t``: the back-to-back
+  time): the wait for a CPU when the reply wakes the caller, and the share of its own run time lost
+  to neighbours that preempt it. One fit over every op and size of a backend, because each
+  benchmark's mean is carried by a few slow calls of a heavy tail, too few to price an op alone.
 """
 
 from __future__ import annotations
@@ -146,6 +151,36 @@ class Curve:
         return OpCost(lat, nbytes / math.exp(log_bw), warning)
 
 
+@dataclass(frozen=True)
+class CpuWait:
+    """What a call costs beyond its back-to-back time ``t`` when it waits for a CPU: ``per_call_s + share * t``."""
+
+    per_call_s: float
+    share: float
+    points: int  # the warm_busy measurements it was fitted to
+
+    def extra_s(self, seconds: float) -> float:
+        """The wait added to a call of ``seconds`` back to back."""
+        return self.per_call_s + self.share * seconds
+
+
+def fit_cpu_wait(points: Sequence[tuple[float, float]]) -> CpuWait:
+    """Least squares of ``excess = per_call_s + share * t`` over ``(t, excess)`` points, both terms kept >= 0."""
+    n = len(points)
+    if n == 0:
+        raise ValueError("no points to fit")
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    share = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
+    per_call = my - share * mx
+    if share < 0:  # no growth with the call's length: a constant wait
+        return CpuWait(max(my, 0.0), 0.0, n)
+    if per_call < 0:  # no wait of its own: a share only, through the origin
+        sx2 = sum(x * x for x, _ in points)
+        return CpuWait(0.0, max(sum(x * y for x, y in points) / sx2, 0.0) if sx2 > 0 else 0.0, n)
+    return CpuWait(per_call, share, n)
+
+
 @dataclass
 class CostModel:
     """Every measured curve of one backend, by operation and client count."""
@@ -188,6 +223,25 @@ class CostModel:
         w = (clients - counts[hi - 1]) / (counts[hi] - counts[hi - 1])
         return OpCost((1 - w) * a.latency_s + w * b.latency_s, (1 - w) * a.transfer_s + w * b.transfer_s,
                       "; ".join(x for x in (a.warning, b.warning) if x) or None)
+
+    def cpu_wait(self, clients: int) -> CpuWait | None:
+        """The CPU wait fitted to every ``warm_busy`` measurement with ``clients`` ranks (or the nearest count).
+
+        Each measurement is set against the back-to-back call of its op and size; None without any.
+        """
+        counts = sorted({c for op, by_count in self.curves.items() if op.startswith(f"{WARM_BUSY}:") for c in by_count})
+        if not counts:
+            return None
+        near = min(counts, key=lambda c: (abs(c - clients), c))
+        points = []
+        for op, by_count in self.curves.items():
+            base = op.removeprefix(f"{WARM_BUSY}:")
+            if base == op or near not in by_count or not self.has(base):
+                continue
+            for sample in by_count[near].samples:
+                plain = self.cost(base, sample.nbytes, near).seconds
+                points.append((plain, sample.seconds - plain))
+        return fit_cpu_wait(points) if points else None
 
     def describe(self) -> list[str]:
         """One line per curve: what was measured, at which sizes and client counts."""

@@ -14,12 +14,13 @@ Two things the micro benchmark's back-to-back calls on one key do not see are ma
 ``first``, the first staging call a simulation rank makes after its step's emulated work (a
 sleep: the head's trainer error-key read, another rank's checkpoint fetch, or its snapshot put
 when no checkpoint is due; each heartbeat between syncs); and ``fresh``, a put under a key that
-did not exist (every snapshot). Every simulation call at a sync point is made after the rank's own
-work there (snapshot, inference, the collectives' busy waits) while the trainer trains: where the
-micro run has the ``busy_warm`` cold-call variant, it prices them. A heartbeat between syncs
-follows the step's sleep and the snapshot's build: a cold call (``after_sleep``) when that build
-takes less CPU than :data:`WARM_AFTER_S`, else a call after work too. The trainer's calls follow
-its training and are priced back to back.
+did not exist (every snapshot). ``warm`` is the share of an op's calls made after more CPU work
+since the step's sleep than a scheduler tick (:data:`WARM_AFTER_S`), while the trainer trains:
+the ``busy_warm`` cold-call variant prices those (a call that has spent its sleep's credit waits
+for a CPU). The work before each call is the workflow's own, timed by ``predict`` on this CPU:
+the snapshot's build (before every call of the step), then, at a sync point with a new
+checkpoint, its load (before the snapshot put and the heartbeat after it). The trainer's calls
+follow its training and are priced back to back.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Op:
     callers: int = 1  # ranks making the same call at the same time
     first: bool = False  # the rank's first staging call after the step's idle time (a cold call)
     fresh: bool = False  # a put under a new key
-    after_sleep: bool = False  # made straight after the step's sleep, not after the sync point's work
+    warm: float = 0.0  # share of the calls made after more than a tick of CPU work since the step's sleep
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Shape:
     checkpoint_every: int
     delete_consumed: bool
     step_cpu_s: float = 0.0  # CPU seconds a simulation rank computes between its step's sleep and its next call
+    load_cpu_s: float = 0.0  # CPU seconds a simulation rank spends loading a new checkpoint
 
 
 def snapshot_nbytes(cfg: WorkflowConfig) -> int:
@@ -97,8 +99,8 @@ def graph_nbytes(cfg: WorkflowConfig) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=16)
-def _checkpoint_nbytes(config_json: str) -> int:
-    import torch  # deferred: only the checkpoint's size needs it
+def _checkpoint(config_json: str) -> tuple[int, float]:
+    import torch  # deferred: only the checkpoint needs it
 
     from simai_core.models import build_model
     from simai_core.workflow import checkpoint
@@ -108,17 +110,33 @@ def _checkpoint_nbytes(config_json: str) -> int:
     n_in = len(spec.input_fields(cfg.problem.inputs))
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.trainer.model, n_in, n_in, spec.dim)
-    return len(checkpoint.to_bytes(checkpoint.script(model)))
+    blob = checkpoint.to_bytes(checkpoint.script(model))
+    times = []
+    for _ in range(3):
+        t0 = time.thread_time()
+        checkpoint.from_bytes(blob)
+        times.append(time.thread_time() - t0)
+    return len(blob), sorted(times)[1]
 
 
 def checkpoint_nbytes(cfg: WorkflowConfig) -> int:
     """Bytes of the TorchScript checkpoint the trainer pushes (built and serialised as the trainer does)."""
-    return _checkpoint_nbytes(cfg.model_copy(update={"run_id": "predict"}).model_dump_json())
+    return _checkpoint(cfg.model_copy(update={"run_id": "predict"}).model_dump_json())[0]
+
+
+def load_cpu_s(cfg: WorkflowConfig) -> float:
+    """CPU seconds the simulation spends loading a checkpoint (the median of three loads, timed on this CPU)."""
+    return _checkpoint(cfg.model_copy(update={"run_id": "predict"}).model_dump_json())[1]
 
 
 #: CPU time after a sleep past which a rank has spent the credit the sleep gave it with the scheduler (one
 #: tick at the common HZ=250): its next call is priced as a call after work (``busy_warm``), not a cold one.
 WARM_AFTER_S = 0.004
+
+
+def warm_after(cpu_s: float) -> float:
+    """1 when ``cpu_s`` of work since the step's sleep has spent the sleep's credit (:data:`WARM_AFTER_S`), else 0."""
+    return 1.0 if cpu_s >= WARM_AFTER_S else 0.0
 
 
 @functools.lru_cache(maxsize=16)
@@ -160,14 +178,14 @@ def heartbeats_between_syncs(cfg: WorkflowConfig) -> int:
 
 def shape(cfg: WorkflowConfig, ranks: int, fetches_per_sync: float = 1.0, epochs_per_sync: float | None = None,
           trainer_loops_per_sync: float | None = None, checkpoint_bytes: int | None = None,
-          step_cpu: float | None = None) -> Shape:
+          step_cpu: float | None = None, load_cpu: float | None = None) -> Shape:
     """The :class:`Shape` of ``cfg`` on ``ranks`` ranks (clustered: one staging server, the configured split).
 
     ``fetches_per_sync``: share of sync steps at which a new checkpoint reaches the simulation (1: the
     trainer checkpoints at least once per sync interval). ``epochs_per_sync`` (default: ``checkpoint_every``
     times ``fetches_per_sync``) and ``trainer_loops_per_sync`` (default: the epochs; idle polls add to it)
-    depend on how fast the trainer trains, which staging does not decide. ``step_cpu`` overrides
-    :func:`step_cpu_s` (measured here by default).
+    depend on how fast the trainer trains, which staging does not decide. ``step_cpu`` and ``load_cpu``
+    override :func:`step_cpu_s` and :func:`load_cpu_s` (measured here by default).
     """
     sims = split_count(ranks, cfg.sim_fraction)
     cadence = cfg.cadence()
@@ -181,7 +199,8 @@ def shape(cfg: WorkflowConfig, ranks: int, fetches_per_sync: float = 1.0, epochs
                  epochs_per_sync=epochs, trainer_loops_per_sync=epochs if trainer_loops_per_sync is None
                  else trainer_loops_per_sync, checkpoint_every=cadence.checkpoint_every,
                  delete_consumed=cfg.trainer.delete_consumed,
-                 step_cpu_s=step_cpu_s(cfg) if step_cpu is None else step_cpu)
+                 step_cpu_s=step_cpu_s(cfg) if step_cpu is None else step_cpu,
+                 load_cpu_s=load_cpu_s(cfg) if load_cpu is None else load_cpu)
 
 
 def sim_ops(s: Shape) -> list[Op]:
@@ -189,25 +208,32 @@ def sim_ops(s: Shape) -> list[Op]:
 
     Per sync step the head's first call after the step's work is the trainer error-key read; another
     rank's is the checkpoint fetch when one is due (``fetches_per_sync``), else the snapshot put.
+    The calls before the sync point's own work follow the snapshot's build; the snapshot put and the
+    heartbeat after it follow the new checkpoint's load too, when one came (``warm``: see the module).
     """
     head, rest = 1.0 / s.sim_ranks, (s.sim_ranks - 1) / s.sim_ranks
     fetch = s.fetches_per_sync
+    before = warm_after(s.step_cpu_s)  # the calls before the sync point's work: after the snapshot's build
+    after_load = warm_after(s.step_cpu_s + s.load_cpu_s)
+    put = fetch * after_load + (1 - fetch) * before  # a snapshot put: after a new checkpoint's load, if one came
+    later_put = 1.0 - rest * (1 - fetch)  # the puts that are not a rank's first call: all but the no-fetch ones of others
     ops = [
-        Op("sim", "meta", "exists", "trainer error key (a get that finds nothing)", 0, head, callers=1, first=True),
-        Op("sim", "meta", "get_tensor", "trainer status read", TRAIN_STATUS_BYTES, head, callers=1),
+        Op("sim", "meta", "exists", "trainer error key (a get that finds nothing)", 0, head, callers=1, first=True,
+           warm=before),
+        Op("sim", "meta", "get_tensor", "trainer status read", TRAIN_STATUS_BYTES, head, callers=1, warm=before),
         Op("sim", "meta", "put_tensor", "heartbeat at each sync", SIM_STATUS_BYTES, head,
-           once=2 * head, callers=1),  # once: the start-up and the stop heartbeats
+           once=2 * head, callers=1, warm=put),  # once: the start-up and the stop heartbeats
         Op("sim", "meta", "put_tensor", "heartbeats between syncs", SIM_STATUS_BYTES,
-           head * s.heartbeats_between_syncs, callers=1, first=True, after_sleep=s.step_cpu_s < WARM_AFTER_S),
+           head * s.heartbeats_between_syncs, callers=1, first=True, warm=before),
         Op("sim", "meta", "put_tensor", "problem size (start-up)", SIZE_BYTES, 0.0, once=head, callers=1),
         Op("sim", "data", "put_tensor", "snapshot put, first call", s.snapshot_nbytes, rest * (1 - fetch),
-           callers=s.sim_ranks, first=True, fresh=True),
-        Op("sim", "data", "put_tensor", "snapshot put", s.snapshot_nbytes, 1.0 - rest * (1 - fetch),
-           callers=s.sim_ranks, fresh=True),
+           callers=s.sim_ranks, first=True, fresh=True, warm=before),
+        Op("sim", "data", "put_tensor", "snapshot put", s.snapshot_nbytes, later_put, callers=s.sim_ranks, fresh=True,
+           warm=(fetch * after_load + head * (1 - fetch) * before) / later_put if later_put else put),
         Op("sim", "checkpoint", "get_bytes", "checkpoint fetch, first call", s.checkpoint_nbytes, rest * fetch,
-           callers=s.sim_ranks, first=True),
+           callers=s.sim_ranks, first=True, warm=before),
         Op("sim", "checkpoint", "get_bytes", "checkpoint fetch", s.checkpoint_nbytes, head * fetch,
-           callers=s.sim_ranks),
+           callers=s.sim_ranks, warm=before),
     ]
     pos, edges = s.graph_nbytes
     if pos:
