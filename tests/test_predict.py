@@ -253,6 +253,10 @@ def test_every_simulation_call_after_work_pays_the_fitted_cpu_wait_and_a_new_key
     model.curves["fresh_key:put_tensor"] = {4: Curve("fresh_key:put_tensor", 4, (Sample(1024, LAT), Sample(2**22, LAT)))}
     put = {t.op.what: t for t in estimate.predict(model, shape, sync_steps=10).terms}["snapshot put"]
     assert put.cost.seconds == pytest.approx(warm(LAT + n / BW), rel=1e-3)
+    console = Console(record=True, width=240, color_system=None)
+    estimate.render(estimate.predict(model, shape, sync_steps=10), console)
+    assert "CPU wait of a simulation call after work: 1.500 ms per call + 50 % of its back-to-back time (fitted to 9 " \
+        "busy_warm measurements)" in console.export_text()
 
 
 def test_calls_after_a_short_snapshot_build_are_cold_and_a_checkpoint_load_warms_the_put_after_it():

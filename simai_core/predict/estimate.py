@@ -26,7 +26,7 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
-from simai_core.predict.model import COLD, COLD_BUSY, FRESH_KEY, WARM_BUSY, CostModel, OpCost, variant
+from simai_core.predict.model import COLD, COLD_BUSY, FRESH_KEY, WARM_BUSY, CostModel, CpuWait, OpCost, variant
 from simai_core.predict.workflow import Op, Shape, sim_ops, train_ops
 from simai_core.workflow.timers import TRAFFIC
 
@@ -69,6 +69,7 @@ class Prediction:
     terms: list[Term]
     steps: int
     warnings: list[str] = field(default_factory=list)
+    cpu_wait: CpuWait | None = None  # what a simulation call after work waits for a CPU (None: no busy_warm run)
 
     def traffic_s(self, component: str, category: str | None = None) -> float:
         """Traffic seconds per rank per sync step (one category, or all of them)."""
@@ -202,7 +203,8 @@ def predict(model: CostModel, shape: Shape, sync_steps: int, steps: int | None =
                 warnings.append(w)
     if steps is None:  # the run ends at its last sync point
         steps = (sync_steps - 1) * shape.train_interval + 1
-    return Prediction(model.backend, shape, sync_steps, terms, steps, warnings)
+    wait = model.cpu_wait(shape.ranks if contention == "node" else shape.sim_ranks)
+    return Prediction(model.backend, shape, sync_steps, terms, steps, warnings, wait)
 
 
 def _ms(seconds: float) -> str:
@@ -238,9 +240,13 @@ def summary_table(pred: Prediction) -> Table:
 
 
 def render(pred: Prediction, console: Console) -> None:
-    """Print the terms, the summary and every extrapolation warning."""
+    """Print the terms, the summary, the fitted CPU wait and every extrapolation warning."""
     console.print(terms_table(pred))
     console.print(summary_table(pred))
+    if (wait := pred.cpu_wait) is not None:
+        console.print(f"CPU wait of a simulation call after work: {_ms(wait.per_call_s)} ms per call + "
+                      f"{100 * wait.share:.0f} % of its back-to-back time (fitted to {wait.points} busy_warm "
+                      "measurements)", markup=False, highlight=False)
     for warning in pred.warnings:
         console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     if pred.warnings:
