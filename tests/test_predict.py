@@ -2,7 +2,7 @@
 
 The last test runs the real micro and mini benchmarks (``mpiexec -n 4``, redis and nodelocal,
 medium problem, 16 sync steps) and checks the predicted simulation traffic per sync step against
-the measured one; select it with ``-m mini`` (5 to 6 minutes on 2 cores).
+the measured one; select it with ``-m mini`` (2.5 min on 2 quiet cores, 5-6 min under load).
 """
 
 from __future__ import annotations
