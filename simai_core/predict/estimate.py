@@ -106,9 +106,10 @@ def price(model: CostModel, op: Op, clients: int) -> Priced:
     run has the ``warm_busy`` variant, the rest of its calls by :func:`price_after_sleep`; a call with both
     kinds costs their weighted mean.
     """
-    if op.component != "sim" or op.warm <= 0 or model.cpu_wait(clients) is None:
+    wait = model.cpu_wait(clients) if op.component == "sim" and op.warm > 0 else None
+    if wait is None:
         return price_after_sleep(model, op, clients)
-    warm = price_warm(model, op, clients)
+    warm = price_warm(model, op, clients, wait)
     if op.warm >= 1:
         return warm
     cold, w = price_after_sleep(model, op, clients), op.warm
@@ -148,24 +149,19 @@ def price_after_sleep(model: CostModel, op: Op, clients: int) -> Priced:
     return cost, latency_from, bytes_from, notes
 
 
-def price_warm(model: CostModel, op: Op, clients: int) -> Priced:
+def price_warm(model: CostModel, op: Op, clients: int, wait: CpuWait) -> Priced:
     """A simulation call at a sync point: back to back, plus the ``warm_busy`` CPU wait, plus a new key's surcharge.
 
-    The CPU wait is the one fitted to the ``warm_busy`` variant (:meth:`CostModel.cpu_wait`). The
+    ``wait`` is the CPU wait fitted to the ``warm_busy`` variant (:meth:`CostModel.cpu_wait`). The
     simulation makes its calls after its own sync-point work (snapshot, inference, collectives' busy
     waits) while the trainer ranks train: a call waits for a CPU when its reply wakes it, and loses a
-    share of its run time to the waking trainer ranks, as the variant's callers did. The wait's latency
-    part (``per_call_s`` and the share of the latency) goes to the latency term, the share of the
-    transfer to the bytes term. A put under a new key adds what the fresh-key put costs over the
-    back-to-back overwrite at its size (at least 0: a backend that does not care adds nothing, not its
-    noise).
+    share of its run time to the waking trainer ranks, as the variant's callers did (split between the
+    latency and bytes terms by :meth:`CpuWait.added_to`). A put under a new key adds what the fresh-key
+    put costs over the back-to-back overwrite at its size (at least 0: a backend that does not care adds
+    nothing, not its noise).
     """
-    wait = model.cpu_wait(clients)
-    assert wait is not None  # price() sends only calls whose backend has warm_busy measurements
     plain = model.cost(op.op, op.nbytes, clients)
-    cost = OpCost(plain.latency_s * (1 + wait.share) + wait.per_call_s, plain.transfer_s * (1 + wait.share),
-                  plain.warning)
-    label, notes = f"{BACK_TO_BACK} + {WARM_BUSY} CPU wait", []
+    cost, label, notes = wait.added_to(plain), f"{BACK_TO_BACK} + {WARM_BUSY} CPU wait", []
     bytes_from = label
     if op.fresh:
         if model.has(variant(op.op, FRESH_KEY)):

@@ -159,9 +159,14 @@ class CpuWait:
     share: float
     points: int  # the warm_busy measurements it was fitted to
 
-    def extra_s(self, seconds: float) -> float:
-        """The wait added to a call of ``seconds`` back to back."""
-        return self.per_call_s + self.share * seconds
+    def added_to(self, plain: OpCost) -> OpCost:
+        """``plain``, a back-to-back cost, with the wait added.
+
+        ``per_call_s`` and the share of the latency go to the latency term, the share of the transfer to
+        the transfer term.
+        """
+        return OpCost(plain.latency_s * (1 + self.share) + self.per_call_s, plain.transfer_s * (1 + self.share),
+                      plain.warning)
 
 
 def fit_cpu_wait(points: Sequence[tuple[float, float]]) -> CpuWait:

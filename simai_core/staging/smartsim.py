@@ -429,13 +429,15 @@ class SmartSimServer(StagingServer):
         self._exp.start(model, block=False)
         from smartsim.status import TERMINAL_STATUSES
 
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _answers(self._address):
-            if self._exp.get_status(model)[0] in TERMINAL_STATUSES or time.monotonic() > deadline:
-                err = self.exp_path / "holder" / "node_db_holder.err"
-                raise RuntimeError(f"SmartSim's colocated DB did not answer on {self._address} within "
-                                   f"{_START_TIMEOUT_S:g} s: {err.read_text() if err.exists() else ''}")
-            time.sleep(0.05)
+        exp = self._exp
+
+        def ended() -> bool:
+            return exp.get_status(model)[0] in TERMINAL_STATUSES
+
+        if not _answers_within(self._address, _START_TIMEOUT_S, ended):
+            err = self.exp_path / "holder" / "node_db_holder.err"
+            raise RuntimeError(f"SmartSim's colocated DB did not answer on {self._address} within "
+                               f"{_START_TIMEOUT_S:g} s: {err.read_text() if err.exists() else ''}")
 
     def stop(self) -> None:
         exp, entity, self._exp, self._entity = self._exp, self._entity, None, None
@@ -481,11 +483,14 @@ def _answers(address: str) -> bool:
     return bool(_redis_call(address, "ping"))
 
 
-def _answers_within(address: str, timeout_s: float) -> bool:
-    """Whether the DB at ``address`` answers a PING within ``timeout_s`` (asked every 50 ms)."""
+def _answers_within(address: str, timeout_s: float, ended: Callable[[], bool] | None = None) -> bool:
+    """Whether the DB at ``address`` answers a PING within ``timeout_s`` (asked every 50 ms).
+
+    False at once when ``ended()`` says the DB's process is gone.
+    """
     deadline = time.monotonic() + timeout_s
     while not _answers(address):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (ended is not None and ended()):
             return False
         time.sleep(0.05)
     return True
