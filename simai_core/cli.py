@@ -253,7 +253,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         written = write_report(runs, args.output)
     except OSError as exc:
         raise SimaiError(f"{args.output}: cannot write the report ({exc.strerror or exc})") from None
-    console.print(f"wrote {written['markdown']} and {written['html']} with {len(written['images'])} plot(s)", markup=False)
+    console.print(f"wrote {written['markdown']} and {written['html']} with {len(written['images'])} plot(s)",
+                  markup=False, soft_wrap=True)  # paths to copy: never wrapped
     return EXIT_OK
 
 

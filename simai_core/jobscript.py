@@ -92,7 +92,8 @@ def run(args: argparse.Namespace, console: Any) -> int:
     except OSError as exc:
         raise JobScriptError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
     console.print(f"wrote {args.output} ({_scheduler(request.profile)}, {request.nodes} nodes x "
-                  f"{request.ranks_per_node} ranks)", markup=False, highlight=False)
+                  f"{request.ranks_per_node} ranks)", markup=False, highlight=False,
+                  soft_wrap=True)  # a path to copy: never wrapped
     return 0
 
 

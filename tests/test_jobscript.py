@@ -46,7 +46,7 @@ def cli(*args: str) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
     jobscript.add_parser(parser.add_subparsers(dest="command"))
     out = io.StringIO()
-    return jobscript.run(parser.parse_args(["jobscript", *args]), Console(file=out)), out.getvalue()
+    return jobscript.run(parser.parse_args(["jobscript", *args]), Console(file=out, width=80)), out.getvalue()
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -127,10 +127,11 @@ def test_job_fields_are_validated(tmp_path, job, message):
 
 
 def test_the_cli_writes_an_executable_script(tmp_path):
-    out = tmp_path / "job.sh"
+    out = tmp_path / ("a-directory-with-a-long-name-" * 3) / "job.sh"  # a line longer than the console: not wrapped
+    out.parent.mkdir()
     code, said = cli("--profile", "polaris", "--nodes", "2", "--ranks-per-node", "4", "--walltime", "00:10:00",
                      "--account", "p", "-o", str(out), "--", "benchmarks/micro", "-m", "micro and redis")
-    assert code == 0 and "pbs, 2 nodes x 4 ranks" in said
+    assert code == 0 and f"wrote {out} (pbs, 2 nodes x 4 ranks)\n" == said
     assert os.access(out, os.X_OK) and "-m pytest benchmarks/micro -m 'micro and redis' --benchmark-json" in out.read_text()
 
 
