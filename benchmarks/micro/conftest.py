@@ -8,10 +8,11 @@
   then call, as a workflow's trainer ranks train while its simulation ranks sleep; ``busy_warm``, as
   ``busy``, but the calling ranks do not sleep: they compute :data:`WARM_S` after the round's barrier
   (whose wait MPICH spends polling), then call, as the simulation does at a sync point (snapshot,
-  inference, collectives) before its staging calls; and the neighbours compute in bursts of
-  :data:`BURST_S` with a short sleep between (:data:`BURST_GAP_S`), as a DDP trainer does: a
-  mini-batch, then a blocking allreduce. Its rounds are short, so it runs :data:`WARM_ROUNDS` of them:
-  the calls' times are heavy-tailed, and their mean needs many.
+  inference, collectives) before its staging calls; and the neighbours train as the motif-6 trainer
+  does at ``--simai-trainer-size`` (:class:`~simai_core.workflow.trainer_load.TrainerLoad`: its MLP,
+  mini-batch and table of snapshots, a short sleep after each step for the all-reduce). Its rounds are
+  short, so it runs :data:`WARM_ROUNDS` of them: the calls' times are heavy-tailed, and their mean
+  needs many.
 
 Why ``busy_warm``: on a node whose cores the neighbours keep busy, a call that blocks for its reply
 waits for a CPU when the reply wakes it. A rank that has just slept gets one at once (the scheduler
@@ -19,7 +20,8 @@ credits its sleep); a rank that has run past that credit waits behind the runnin
 a scheduler tick and more. Measured in the motif-6 workflow, that run-queue wait was most of a
 simulation call's time. A neighbour that wakes often (the trainer, after each allreduce) preempts
 such a caller even in a call that never sleeps (nodelocal); one that computes without a break
-seldom does.
+seldom does. And a trainer whose mini-batches gather from tens of MiB (medium) can slow a large put's
+copies through the shared caches and memory more than 64-row mini-batches (small) do.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from simai_core import mpi
 from simai_core.bench.measure import PairedRounds
 from simai_core.bench.plugin import sweep_sizes
 from simai_core.sizes import format_size
+from simai_core.workflow.problem import SIZES
 
 IDLE_S = 0.5
 #: Rounds of a cold-call benchmark unless ``--simai-rounds`` says otherwise (each one idles first).
@@ -45,16 +48,18 @@ BUSY_TAIL_S = 0.1
 WARM_S = 0.01
 #: Rounds of a ``busy_warm`` benchmark unless ``--simai-rounds`` says otherwise (no sleep: ~0.1 s each).
 WARM_ROUNDS = 40
-#: ``busy_warm``: a neighbour's burst of work (the motif-6 small MLP's mini-batch, forward and backward, here)
-#: and the sleep after it (a blocking allreduce's wait on a node with nothing to exchange).
-BURST_S = 0.0025
-BURST_GAP_S = 0.0001
+#: ``busy_warm``: the problem size whose trainer the neighbours emulate unless ``--simai-trainer-size`` says otherwise.
+TRAINER_SIZE = "small"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--simai-idle", type=float, default=IDLE_S, metavar="S",
                      help=f"cold-call micro benchmarks: seconds each round sleeps after its barrier, "
                           f"before the timed call (default {IDLE_S})")
+    parser.addoption("--simai-trainer-size", default=TRAINER_SIZE, choices=list(SIZES), metavar="SIZE",
+                     help=f"cold-call micro benchmarks, neighbours=busy_warm: the neighbours train as the motif-6 "
+                          f"trainer does on this problem size (default {TRAINER_SIZE}; predict prices a workflow with "
+                          f"the busy_warm run of its size)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -112,23 +117,33 @@ def _compute(seconds: float) -> None:
         a = a @ a * (1.0 / 64)
 
 
-def _compute_in_bursts(seconds: float) -> None:
-    """Compute for ``seconds`` in bursts of :data:`BURST_S`, sleeping :data:`BURST_GAP_S` after each."""
-    end = time.perf_counter() + seconds
-    while (left := end - time.perf_counter()) > 0:
-        _compute(min(BURST_S, left))
-        time.sleep(BURST_GAP_S)
+@pytest.fixture
+def trainer_size(pytestconfig: pytest.Config) -> str:
+    """The problem size whose trainer ``busy_warm`` neighbours emulate (``--simai-trainer-size``)."""
+    return str(pytestconfig.getoption("--simai-trainer-size", default=TRAINER_SIZE))
 
 
 @pytest.fixture
-def after_idle(cold_idle_s: float, neighbours: str) -> Callable[[PairedRounds], Callable[[], None]]:
+def neighbour_params(neighbours: str, trainer_size: str) -> dict[str, str]:
+    """The cold-call benchmark's parameters that say what the neighbours did."""
+    return {"neighbours": neighbours, **({"trainer_size": trainer_size} if neighbours == "busy_warm" else {})}
+
+
+@pytest.fixture
+def after_idle(cold_idle_s: float, neighbours: str, trainer_size: str) -> Callable[[PairedRounds], Callable[[], None]]:
     """``after_idle(timing)``: a ``benchmark.pedantic`` setup: the round's barrier, then ``--simai-idle`` seconds of sleep
     (a busy neighbour computes instead, through the callers' call too; ``busy_warm`` callers compute :data:`WARM_S`
-    instead of sleeping, and its neighbours compute in bursts).
+    instead of sleeping, and its neighbours train as the motif-6 trainer does at ``--simai-trainer-size``).
 
     The sleep comes after the barrier because MPICH's barrier busy-polls, which would keep the rank awake:
     the timed call then finds the process, and the staging server, as a workflow's call does after its step.
     """
+    load = None
+    if neighbours == "busy_warm" and not caller(neighbours):
+        from simai_core.workflow.trainer_load import TrainerLoad  # deferred: imports torch
+
+        load = TrainerLoad(trainer_size)  # type: ignore[arg-type]  # one of SIZES: the option's choices
+
     def setup_for(timing: PairedRounds) -> Callable[[], None]:
         def setup() -> None:
             timing.setup()
@@ -136,8 +151,8 @@ def after_idle(cold_idle_s: float, neighbours: str) -> Callable[[PairedRounds], 
             if caller(neighbours):
                 time.sleep(cold_idle_s)
                 _compute(warm)
-            elif neighbours == "busy_warm":
-                _compute_in_bursts(warm + BUSY_TAIL_S)
+            elif load is not None:
+                load.run(warm + BUSY_TAIL_S)
             else:
                 _compute(cold_idle_s + warm + BUSY_TAIL_S)
         return setup

@@ -53,7 +53,7 @@ def test_metadata(benchmark, backend, staging, simai_run, op, pytestconfig):
 
 
 @pytest.mark.parametrize("op", ["put_scalar", "get_scalar", "exists"])
-def test_metadata_cold(benchmark, backend, staging, simai_run, op, cold_idle_s, cold_rounds, after_idle, neighbours,
+def test_metadata_cold(benchmark, backend, staging, simai_run, op, cold_idle_s, cold_rounds, after_idle, neighbour_params,
                        cold_caller):
     rounds = cold_rounds
     rank = mpi.rank()
@@ -68,6 +68,6 @@ def test_metadata_cold(benchmark, backend, staging, simai_run, op, cold_idle_s, 
     got = staging.get_tensor(key)
     assert got is not None and got.tolist() == [rank]
     staging.delete(key)
-    params = {"op": op, "rounds": rounds, "idle_s": cold_idle_s, "neighbours": neighbours}
+    params = {"op": op, "rounds": rounds, "idle_s": cold_idle_s, **neighbour_params}
     record(benchmark, simai_run(backend, params), {"cold_latency_s": timing.seconds() if cold_caller else []},
            {"cold_latency_s": LATENCY})
