@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = sub.add_parser("predict", help="predict a motif-6 workflow's staging traffic from a micro run (--check: "
                                           "against a mini run)")
-    pred.add_argument("micro", metavar="MICRO", nargs="+", help="micro run(s) of this machine (one per world size)")
+    pred.add_argument("micro", metavar="MICRO", nargs="+",
+                      help="micro run(s) of this machine (one per world size; the busy_warm benchmarks once per "
+                           "trainer size: --simai-trainer-size)")
     pred.add_argument("--check", metavar="MINI", default=None,
                       help="predict every motif-6 benchmark of this mini run and print predicted vs measured")
     pred.add_argument("--backend", default=None, help="backend to predict (default: every one the micro run measured)")
@@ -285,16 +287,17 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
 
     micro = _load(args.micro, args.storage)
     names = [args.backend] if args.backend else model.backends(micro)
-    models = {name: model.cost_model(micro, name) for name in names}
+    size = args.simai_problem_size or "small"
+    models = {name: model.cost_model(micro, name, size) for name in names}
     empty = [name for name, m in models.items() if not m.curves]
     if not names or empty:
         raise SimaiError(f"the micro run(s) measured no put/get of {', '.join(empty) or 'any backend'}")
     if args.check is not None:
         [mini] = _load([args.check], args.storage)
-        check.render_check(check.check_runs(mini, models, args.contention), console)
+        check.render_check(check.check_runs(mini, micro, args.contention), console)
         return EXIT_OK
     try:
-        cfg = workflow.workflow_config(args.simai_problem_size or "small", args.model, args.simai_inputs,
+        cfg = workflow.workflow_config(size, args.model, args.simai_inputs,
                                        args.simai_step_time, args.simai_train_interval, args.simai_sim_fraction,
                                        args.simai_checkpoint_every, args.simai_mini_batch, args.simai_epoch_batches)
         shape = workflow.shape(cfg, args.ranks, args.fetch_fraction, args.epochs_per_sync)

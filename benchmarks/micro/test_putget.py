@@ -17,6 +17,10 @@ What a workflow does differently, measured by two variants:
   (``neighbours=busy``: the odd ranks compute meanwhile, only the even ranks' calls are timed;
   ``neighbours=busy_warm``: as ``busy``, but the callers compute instead of sleeping, as the workflow's
   simulation at a sync point: see ``conftest.py``);
+* ``test_tensor_cold_fresh_key``: as ``test_tensor_cold`` with ``neighbours=busy_warm``, but each round's
+  put goes under a new key (the last round's is deleted before the round's barrier): the workflow's
+  snapshot put at a sync point, beside the trainer (``--simai-trainer-size``) whose memory traffic
+  slows a new key's page allocation and copy;
 * ``test_tensor_fresh_key``: puts back to back, each under a new key (the previous round's key is
   deleted before the round's barrier, outside the timed call), as a workflow puts every snapshot:
   ``fresh_key_put_latency_s``, ``fresh_key_put_GBps_per_rank`` and the measured aggregate
@@ -38,7 +42,7 @@ from simai_core.staging import registry
 
 pytestmark = pytest.mark.micro
 #: Sizes of the cold-call variant: a few, spanning the workflow's snapshots (debug 16 KiB to medium 2 MiB per rank).
-COLD_SIZES = (4 * 1024, 64 * 1024, 4 * 1024 * 1024)
+COLD_SIZES = (4 * 1024, 64 * 1024, 2 * 1024 * 1024, 4 * 1024 * 1024)
 
 
 @pytest.mark.parametrize("op", ["put", "get"])
@@ -77,7 +81,7 @@ def test_tensor(benchmark, backend, staging, staging_pool, simai_run, nbytes, op
 @pytest.mark.parametrize("cold_nbytes", COLD_SIZES, ids=[format_size(s) for s in COLD_SIZES])
 @pytest.mark.parametrize("op", ["put", "get"])
 def test_tensor_cold(benchmark, backend, staging, simai_run, cold_nbytes, op, cold_rounds, cold_idle_s, after_idle,
-                     neighbours, cold_caller):
+                     neighbour_params, cold_caller):
     key = f"micro.tensor.cold.{mpi.rank()}"
     data = np.random.default_rng(mpi.rank()).integers(0, 256, cold_nbytes, dtype=np.uint8)
     out = np.empty_like(data)
@@ -90,7 +94,30 @@ def test_tensor_cold(benchmark, backend, staging, simai_run, cold_nbytes, op, co
     got = staging.get_tensor(key)
     assert got is not None and np.array_equal(got, data) and (op == "put" or not cold_caller or np.array_equal(out, data))
     staging.delete(key)
-    params = {"op": op, "nbytes": cold_nbytes, "rounds": cold_rounds, "idle_s": cold_idle_s, "neighbours": neighbours}
+    params = {"op": op, "nbytes": cold_nbytes, "rounds": cold_rounds, "idle_s": cold_idle_s, **neighbour_params}
+    local = {"cold_latency_s": timing.seconds() if cold_caller else []}
+    record(benchmark, simai_run(backend, params), local, {"cold_latency_s": LATENCY})
+
+
+@pytest.mark.parametrize("cold_nbytes", COLD_SIZES, ids=[format_size(s) for s in COLD_SIZES])
+@pytest.mark.parametrize("neighbours", ["busy_warm"])
+def test_tensor_cold_fresh_key(benchmark, backend, staging, simai_run, cold_nbytes, cold_rounds, cold_idle_s,
+                               after_idle, neighbour_params, cold_caller):
+    if mpi.size() < 2:
+        pytest.skip("busy neighbours need 2 or more ranks")
+    data = np.random.default_rng(mpi.rank()).integers(0, 256, cold_nbytes, dtype=np.uint8)
+    keys = FreshKeys(f"micro.tensor.cold_fresh.{mpi.rank()}", staging.delete)
+    timing = PairedRounds((lambda: staging.put_tensor(keys.current, data)) if cold_caller else lambda: None,
+                          prepare=keys.next)
+    try:
+        benchmark.pedantic(timing.target, setup=after_idle(timing), rounds=cold_rounds, warmup_rounds=1)
+        sync_ranks()
+        got = staging.get_tensor(keys.current) if cold_caller else data
+        assert got is not None and np.array_equal(got, data)
+    finally:
+        keys.next()  # deletes the last round's key
+    params = {"op": "fresh_key_put", "nbytes": cold_nbytes, "rounds": cold_rounds, "idle_s": cold_idle_s,
+              **neighbour_params}
     local = {"cold_latency_s": timing.seconds() if cold_caller else []}
     record(benchmark, simai_run(backend, params), local, {"cold_latency_s": LATENCY})
 

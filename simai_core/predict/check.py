@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simai_core.predict.estimate import COMPONENTS, Contention, Prediction, predict
-from simai_core.predict.model import CostModel
+from simai_core.predict.model import CostModel, backends, cost_model
 from simai_core.predict.workflow import shape, sync_steps
 from simai_core.report.loading import Bench, ReportInputError, Run
 from simai_core.workflow.config import WorkflowConfig
@@ -133,15 +133,24 @@ def mini_benches(run: Run) -> list[Bench]:
             and b.base_name == "test_online_training"]
 
 
-def check_runs(mini: Run, models: dict[str, CostModel], contention: Contention = "node") -> list[CheckResult]:
-    """Every mini benchmark of ``mini`` whose backend the micro runs measured, checked."""
+def check_runs(mini: Run, micro: Sequence[Run], contention: Contention = "node") -> list[CheckResult]:
+    """Every mini benchmark of ``mini``, checked against the ``micro`` runs' model of its backend and problem size.
+
+    (:func:`~simai_core.predict.model.cost_model`: the problem size picks the ``busy_warm`` runs.)
+    """
     benches = mini_benches(mini)
     if not benches:
         raise ReportInputError(f"{mini.label}: no motif-6 mini benchmark (test_online_training) in it")
-    missing = sorted({b.backend or "" for b in benches} - set(models))
+    missing = sorted({b.backend or "" for b in benches} - set(backends(micro)))
     if missing:
         raise ReportInputError(f"the micro run(s) did not measure {', '.join(missing)}; run the micro benchmarks on it")
-    return [check_bench(mini, b, models[b.backend or ""], contention) for b in benches]
+    models: dict[tuple[str, str], CostModel] = {}
+    results = []
+    for b in benches:
+        key = (b.backend or "", str(b.params["problem_size"]))
+        model = models.setdefault(key, cost_model(micro, *key))
+        results.append(check_bench(mini, b, model, contention))
+    return results
 
 
 def _err(pred: float, meas: float | None) -> str:

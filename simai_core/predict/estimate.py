@@ -10,8 +10,9 @@ solution is a lower bound and the predicted overhead share an upper bound.
 Which micro curve prices which call (:func:`price`, printed per term as "latency from" and "bytes
 from"): a simulation call made after more than a tick of work since the step's sleep is its
 back-to-back cost plus the CPU wait fitted to the ``warm_busy`` cold-call variant (the callers computed
-while the other ranks computed in bursts: the trainer training), a put under a new key (a snapshot)
-plus what a new key costs over an overwrite (fresh-key minus back-to-back put, at least 0). A
+while the other ranks trained as the workflow's trainer does), except a put under a new key (a snapshot):
+the ``warm_busy+fresh_key`` put, measured so, where the micro run has it, else the CPU wait plus what a
+new key costs over an overwrite (fresh-key minus back-to-back put, at least 0). A
 simulation rank's first call after its step's sleep with less work than that takes the latency of
 the ``cold_busy`` (else ``cold``) curve, as does every first call in a micro run without
 ``warm_busy``; its snapshot puts take the fresh-key curve. The trainer's calls come from the
@@ -152,7 +153,10 @@ def price_after_sleep(model: CostModel, op: Op, clients: int) -> Priced:
 def price_warm(model: CostModel, op: Op, clients: int, wait: CpuWait) -> Priced:
     """A simulation call at a sync point: back to back, plus the ``warm_busy`` CPU wait, plus a new key's surcharge.
 
-    ``wait`` is the CPU wait fitted to the ``warm_busy`` variant (:meth:`CostModel.cpu_wait`). The
+    A put under a new key takes the ``warm_busy+fresh_key`` curve where the micro run has it: such a put
+    measured as the workflow makes it (its page allocation and copy slowed by the trainer's memory traffic,
+    which an overwrite's surcharge measured back to back does not see). Else: ``wait`` is the CPU wait
+    fitted to the ``warm_busy`` variant (:meth:`CostModel.cpu_wait`). The
     simulation makes its calls after its own sync-point work (snapshot, inference, collectives' busy
     waits) while the trainer ranks train: a call waits for a CPU when its reply wakes it, and loses a
     share of its run time to the waking trainer ranks, as the variant's callers did (split between the
@@ -160,6 +164,9 @@ def price_warm(model: CostModel, op: Op, clients: int, wait: CpuWait) -> Priced:
     put costs over the back-to-back overwrite at its size (at least 0: a backend that does not care adds
     nothing, not its noise).
     """
+    measured = variant(op.op, f"{WARM_BUSY}+{FRESH_KEY}")
+    if op.fresh and model.has(measured):
+        return model.cost(measured, op.nbytes, clients), measured, measured, []
     plain = model.cost(op.op, op.nbytes, clients)
     cost, label, notes = wait.added_to(plain), f"{BACK_TO_BACK} + {WARM_BUSY} CPU wait", []
     bytes_from = label
@@ -187,7 +194,7 @@ def predict(model: CostModel, shape: Shape, sync_steps: int, steps: int | None =
     :func:`price`.
     """
     terms: list[Term] = []
-    warnings: list[str] = []
+    warnings: list[str] = list(model.warnings)
     for op in (*sim_ops(shape), *train_ops(shape)):
         if op.per_sync == 0 and op.once == 0:
             continue

@@ -23,7 +23,11 @@ Per operation: ``cost = latency + bytes / bandwidth``.
   ``cold_busy:<op>`` where the odd ranks computed meanwhile: ``neighbours=busy``; ``warm_busy:<op>`` where,
   besides, the calling ranks computed before the call: ``neighbours=busy_warm``) and
   ``fresh_key:put_tensor`` from ``test_tensor_fresh_key`` (each put under a new key) are curves of
-  their own, read the same way.
+  their own, read the same way, as is ``warm_busy+fresh_key:put_tensor`` from ``test_tensor_cold_fresh_key``
+  (a ``busy_warm`` put under a new key: a snapshot put at a sync point).
+* The ``busy_warm`` neighbours train as the motif-6 trainer does at one problem size
+  (``trainer_size``); :func:`cost_model` keeps the ``busy_warm`` benchmarks of the workflow's size
+  when the micro runs have them, else all of them, with a warning.
 * CPU wait (:meth:`CostModel.cpu_wait`): what a ``warm_busy`` call cost beyond the back-to-back call
   of its op and size, fitted over all of them as ``per_call_s + share * t`` (``t``: the back-to-back
   time): the wait for a CPU when the reply wakes the caller, and the share of its own run time lost
@@ -192,6 +196,7 @@ class CostModel:
 
     backend: str
     curves: dict[str, dict[int, Curve]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the micro runs lack for the workflow priced
 
     def add(self, curve: Curve) -> None:
         """Add a curve (one op, one client count); a second curve of the same op and count merges its sizes."""
@@ -301,21 +306,47 @@ def _points(bench: Bench) -> Iterable[tuple[str, int, Sample]]:
         t = _value(bench, "cold_latency_s")
         if t:
             yield variant(f"{op}_tensor", cold), world, Sample(nbytes, t)
+    elif name == "test_tensor_cold_fresh_key" and isinstance(nbytes, int):
+        t = _value(bench, "cold_latency_s")
+        if t:
+            yield variant("put_tensor", f"{cold}+{FRESH_KEY}"), world, Sample(nbytes, t)
     elif name == "test_tensor_fresh_key" and isinstance(nbytes, int):
         t = _value(bench, "fresh_key_put_latency_s")
         if t:
             yield variant("put_tensor", FRESH_KEY), world, Sample(nbytes, t)
 
 
-def cost_model(runs: Sequence[Run], backend: str) -> CostModel:
-    """The cost model of ``backend`` from one or more micro runs (one per world size, say)."""
+#: The trainer size of a run made before ``--simai-trainer-size`` (its neighbours computed 64x64 products in 2.5 ms bursts).
+UNRECORDED = "unrecorded (2.5 ms bursts)"
+
+
+def trainer_size(bench: Bench) -> str | None:
+    """The problem size whose trainer a ``busy_warm`` benchmark's neighbours emulated (None: not ``busy_warm``)."""
+    if bench.params.get("neighbours") != "busy_warm":
+        return None
+    return str(bench.params.get("trainer_size", UNRECORDED))
+
+
+def cost_model(runs: Sequence[Run], backend: str, problem_size: str | None = None) -> CostModel:
+    """The cost model of ``backend`` from one or more micro runs (one per world size, say).
+
+    ``problem_size``: the workflow's; of the ``busy_warm`` benchmarks, only those whose neighbours
+    trained as its trainer does are kept, if the runs have any (else all, with a warning). None: all.
+    """
     model = CostModel(backend)
-    for run in runs:
-        for bench in run.benches:
-            if bench.level != "micro" or bench.backend != backend:
-                continue
-            for op, clients, sample in _points(bench):
-                model.add(Curve(op, clients, (sample,), f"{bench.base_name} {bench.params.get('op')} ({run.label})"))
+    benches = [(run, b) for run in runs for b in run.benches if b.level == "micro" and b.backend == backend]
+    trained = sorted({size for _, b in benches if (size := trainer_size(b)) is not None})
+    keep = problem_size if problem_size in trained else None
+    if problem_size is not None and trained and keep is None:
+        model.warnings.append(
+            f"no busy_warm benchmark of the micro run(s) had neighbours training as on {problem_size} (they trained "
+            f"as on: {', '.join(trained)}); calls after work are priced with them (run the busy_warm benchmarks "
+            f"with --simai-trainer-size {problem_size})")
+    for run, bench in benches:
+        if keep is not None and trainer_size(bench) not in (None, keep):
+            continue
+        for op, clients, sample in _points(bench):
+            model.add(Curve(op, clients, (sample,), f"{bench.base_name} {bench.params.get('op')} ({run.label})"))
     return model
 
 

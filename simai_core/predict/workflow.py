@@ -210,6 +210,8 @@ def sim_ops(s: Shape) -> list[Op]:
     rank's is the checkpoint fetch when one is due (``fetches_per_sync``), else the snapshot put.
     The calls before the sync point's own work follow the snapshot's build; the snapshot put and the
     heartbeat after it follow the new checkpoint's load too, when one came (``warm``: see the module).
+    The head's status read and checkpoint fetch are never warm: each follows a call whose wait for its
+    reply is a sleep (the fetch, after an all-gather the other ranks were already waiting in).
     """
     head, rest = 1.0 / s.sim_ranks, (s.sim_ranks - 1) / s.sim_ranks
     fetch = s.fetches_per_sync
@@ -220,7 +222,7 @@ def sim_ops(s: Shape) -> list[Op]:
     ops = [
         Op("sim", "meta", "exists", "trainer error key (a get that finds nothing)", 0, head, callers=1, first=True,
            warm=before),
-        Op("sim", "meta", "get_tensor", "trainer status read", TRAIN_STATUS_BYTES, head, callers=1, warm=before),
+        Op("sim", "meta", "get_tensor", "trainer status read", TRAIN_STATUS_BYTES, head, callers=1),  # after a reply's sleep
         Op("sim", "meta", "put_tensor", "heartbeat at each sync", SIM_STATUS_BYTES, head,
            once=2 * head, callers=1, warm=put),  # once: the start-up and the stop heartbeats
         Op("sim", "meta", "put_tensor", "heartbeats between syncs", SIM_STATUS_BYTES,
@@ -233,7 +235,7 @@ def sim_ops(s: Shape) -> list[Op]:
         Op("sim", "checkpoint", "get_bytes", "checkpoint fetch, first call", s.checkpoint_nbytes, rest * fetch,
            callers=s.sim_ranks, first=True, warm=before),
         Op("sim", "checkpoint", "get_bytes", "checkpoint fetch", s.checkpoint_nbytes, head * fetch,
-           callers=s.sim_ranks, warm=before),
+           callers=s.sim_ranks),  # the head's: after its status read (a reply's sleep) and an all-gather it ends
     ]
     pos, edges = s.graph_nbytes
     if pos:
