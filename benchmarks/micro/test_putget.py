@@ -100,11 +100,9 @@ def test_tensor_cold(benchmark, backend, staging, simai_run, cold_nbytes, op, co
 
 
 @pytest.mark.parametrize("cold_nbytes", COLD_SIZES, ids=[format_size(s) for s in COLD_SIZES])
-@pytest.mark.parametrize("neighbours", ["busy_warm"])
+@pytest.mark.parametrize("neighbours", ["busy_warm"], indirect=True)  # the fixture: it skips a serial run
 def test_tensor_cold_fresh_key(benchmark, backend, staging, simai_run, cold_nbytes, cold_rounds, cold_idle_s,
                                after_idle, neighbour_params, cold_caller):
-    if mpi.size() < 2:
-        pytest.skip("busy neighbours need 2 or more ranks")
     data = np.random.default_rng(mpi.rank()).integers(0, 256, cold_nbytes, dtype=np.uint8)
     keys = FreshKeys(f"micro.tensor.cold_fresh.{mpi.rank()}", staging.delete)
     timing = PairedRounds((lambda: staging.put_tensor(keys.current, data)) if cold_caller else lambda: None,

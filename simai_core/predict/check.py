@@ -148,8 +148,9 @@ def check_runs(mini: Run, micro: Sequence[Run], contention: Contention = "node")
     results = []
     for b in benches:
         key = (b.backend or "", str(b.params["problem_size"]))
-        model = models.setdefault(key, cost_model(micro, *key))
-        results.append(check_bench(mini, b, model, contention))
+        if key not in models:  # one model per backend and size, however many benchmarks share it
+            models[key] = cost_model(micro, *key)
+        results.append(check_bench(mini, b, models[key], contention))
     return results
 
 

@@ -37,7 +37,7 @@ class TrainerLoad:
         spec = problem_spec(size)
         n_in = len(spec.input_fields(cfg.problem.inputs))
         cadence = cfg.cadence()
-        self.size, self.mini_batch = size, cadence.mini_batch
+        self.mini_batch = cadence.mini_batch
         self.sync_interval_s = cfg.simulation.train_interval * cfg.simulation.step_time_s
         self._base = np.random.default_rng(seed).random((spec.n_points, 2 * n_in))
         self.window = SnapshotWindow((0,), n_in, snapshots)
