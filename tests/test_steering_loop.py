@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import psutil
 import pytest
@@ -30,11 +32,17 @@ def redis_staging(tmp_path):
 def steer(redis_staging, tmp_path, **fields):
     client, address = redis_staging
     cfg = SteeringConfig(run_id=f"t{time.time_ns()}", field_bytes=16 * 2**10, tolerance=NEVER, **fields)
-    before = our_children()
+    before, files_before = our_children(), hydra_files()
     result = run_steering(cfg, client, "redis", address, tmp_path / "run")
     assert client.clean(SteerKeys(cfg.run_id).prefix) == 0, "the run left keys behind"
     assert_nothing_left_running(before)
+    assert not hydra_files() - files_before, "an mpiexec of the run was killed before it could remove its files"
     return result
+
+
+def hydra_files() -> set[Path]:
+    """The topology files MPICH's hydra writes while it runs and removes when it ends (not when SIGKILLed)."""
+    return set(Path(tempfile.gettempdir()).glob("hydra_hwloc_xmlfile_*"))
 
 
 def our_children() -> set[int]:

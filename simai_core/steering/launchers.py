@@ -92,6 +92,9 @@ def mpiexec_path() -> str:
     return str(path)
 
 
+MPIEXEC_STOP_GRACE_S = 5.0  # a simulation's mpiexec asked to stop (SIGTERM) has this long before its session is SIGKILLed
+
+
 class _ProcessHandle:
     """A child process in its own session, so that killing it kills its ranks too."""
 
@@ -111,8 +114,16 @@ class _ProcessHandle:
             self.proc.wait(timeout=timeout_s)
 
     def kill(self) -> None:
+        """End it: SIGTERM to ``mpiexec``, then SIGKILL to its session for whatever outlives the grace.
+
+        Not SIGKILL at once: hydra, stopped by SIGTERM, stops its ranks and removes its
+        ``/tmp/hydra_hwloc_xmlfile_*``, which a SIGKILLed hydra leaves behind.
+        """
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.terminate()
+            self.wait(MPIEXEC_STOP_GRACE_S)
+            with contextlib.suppress(ProcessLookupError):  # the session is gone (nothing outlived mpiexec)
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         self._log.close()
         # A killed rank skipped MPI_Finalize: its MPICH shared-memory segments, named after its pid, stay behind.
