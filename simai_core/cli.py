@@ -155,8 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("micro", metavar="MICRO", nargs="+",
                       help="micro run(s) of this machine (one per world size; the busy_warm benchmarks once per "
                            "trainer size: --simai-trainer-size)")
-    pred.add_argument("--check", metavar="MINI", default=None,
-                      help="predict every motif-6 benchmark of this mini run and print predicted vs measured")
+    pred.add_argument("--check", metavar="MINI", action="append", default=None,
+                      help="predict every motif-6 benchmark of this mini run and print predicted vs measured; "
+                           "repeated (runs of one command): per benchmark, the measured mean and range")
+    pred.add_argument("--within", type=float, default=30.0, metavar="PCT",
+                      help="--check over repeated runs: count the runs the prediction is within PCT %% of (default 30)")
     pred.add_argument("--backend", default=None, help="backend to predict (default: every one the micro run measured)")
     pred.add_argument("--ranks", type=int, default=4, help="MPI ranks of the workflow (default 4)")
     pred.add_argument("--model", choices=("mlp", "gnn"), default="mlp", help="surrogate (default mlp)")
@@ -293,8 +296,8 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     if not names or empty:
         raise SimaiError(f"the micro run(s) measured no put/get of {', '.join(empty) or 'any backend'}")
     if args.check is not None:
-        [mini] = _load([args.check], args.storage)
-        check.render_check(check.check_runs(mini, micro, args.contention), console)
+        results = [r for mini in _load(args.check, args.storage) for r in check.check_runs(mini, micro, args.contention)]
+        check.render_check(results, console, args.within)
         return EXIT_OK
     try:
         cfg = workflow.workflow_config(size, args.model, args.simai_inputs,

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from simai_core.cli import main
 from simai_core.predict import estimate, workflow
-from simai_core.predict.check import check_runs, render_check
+from simai_core.predict.check import check_runs, render_check, repeats
 from simai_core.predict.model import CostModel, CpuWait, Curve, Sample, cost_model, fit_cpu_wait
 from simai_core.report import samples
 from simai_core.report.loading import load_run, parse_run
@@ -469,6 +469,32 @@ def test_check_measures_traffic_per_sync_step_from_shares_and_walls():
     assert "traffic ms/sync" in console.export_text()
 
 
+def _mini_doc_scaled(factor: float) -> dict:
+    """:func:`_mini_doc` with the simulation's traffic shares times ``factor``."""
+    doc = _mini_doc()
+    foms = doc["benchmarks"][0]["extra_info"]["fom"]
+    for cat in ("data", "meta", "checkpoint"):
+        foms[f"sim_{cat}_pct"]["samples"] = [factor * v for v in foms[f"sim_{cat}_pct"]["samples"]]
+    return doc
+
+
+def test_repeated_runs_are_checked_together_mean_range_and_runs_within():
+    doc = _micro_doc(4, 1.0)
+    doc["benchmarks"] += _push_benches(4)
+    micro = [parse_run(doc, "micro")]
+    # Two runs of one benchmark, simulation traffic 0.21 and 0.42 ms per sync step; predicted ~0.23 ms.
+    results = [r for i, f in enumerate((1e-3, 2e-3)) for r in check_runs(parse_run(_mini_doc_scaled(f), f"m{i}"), micro)]
+    [group] = repeats(results)
+    predicted, measured = group.figure("sim", "traffic")
+    assert measured == pytest.approx([0.21e-3, 0.42e-3])
+    assert predicted == pytest.approx(results[0].prediction.traffic_s("sim"))
+    assert abs(predicted - 0.21e-3) <= 0.3 * 0.21e-3 < abs(predicted - 0.42e-3)  # within 30 % of the first run only
+    console = Console(record=True, width=240, color_system=None)
+    render_check(results, console, within_pct=30)
+    row = next(line for line in console.export_text().splitlines() if " sim " in line and " traffic " in line)
+    assert "0.315" in row and "0.210..0.420" in row and "1 of 2" in row  # mean and range in ms, one run within
+
+
 # --- the command line ------------------------------------------------------------------------------------------------
 
 
@@ -506,6 +532,14 @@ def test_cli_predict_refuses_bad_workflow_options(micro_json, capsys):
     assert "bad workflow options" in capsys.readouterr().err
     assert run_cli("predict", micro_json, "--simai-problem-size", "huge")[0] == 2
     assert run_cli("predict", micro_json, "--backend", "nodelocal")[0] == 2  # not measured: one line, exit 2
+
+
+def test_cli_check_takes_repeated_runs(micro_json, tmp_path):
+    runs = [tmp_path / "mini-1.json", tmp_path / "mini-2.json"]
+    for i, path in enumerate(runs):
+        path.write_text(json.dumps(_mini_doc_scaled(1e-3 * (i + 1))))
+    code, out = run_cli("predict", "--check", str(runs[0]), "--check", str(runs[1]), "--within", "50", micro_json)
+    assert code == 0 and "over repeated runs" in out and "runs within 50 %" in out and "0.210..0.420" in out
 
 
 def test_cli_check_needs_a_mini_run(micro_json, capsys):

@@ -176,9 +176,60 @@ def check_table(results: Sequence[CheckResult]) -> Table:
     return table
 
 
-def render_check(results: Sequence[CheckResult], console: Console) -> None:
-    """The comparison table, then the model's warnings once each."""
-    console.print(check_table(results))
+@dataclass
+class Repeats:
+    """Several runs of one mini benchmark (one command run again): each run's prediction and measured figures."""
+
+    label: str
+    results: list[CheckResult]
+
+    def figure(self, component: str, category: str) -> tuple[float, list[float]]:
+        """Mean predicted seconds per sync step, and each run's measured ones (runs without the figure left out)."""
+        cat = None if category == "traffic" else category
+        predicted = sum(r.prediction.traffic_s(component, cat) for r in self.results) / len(self.results)
+        measured = [m for r in self.results if (m := r.measured[(component, category)]) is not None]
+        return predicted, measured
+
+
+def repeats(results: Sequence[CheckResult]) -> list[Repeats]:
+    """``results`` grouped by benchmark: its name, problem size, world size and deployment, in first-seen order."""
+    groups: dict[tuple[object, ...], Repeats] = {}
+    for res in results:
+        b = res.bench
+        key = (b.name, b.params.get("problem_size"), b.world_size, b.simai.deployment if b.simai else None)
+        label = f"{b.backend} {b.params.get('problem_size')} {b.params.get('model')} {b.world_size} ranks"
+        groups.setdefault(key, Repeats(label, [])).results.append(res)
+    return list(groups.values())
+
+
+def repeats_table(groups: Sequence[Repeats], within_pct: float) -> Table:
+    """Per benchmark and figure: the mean prediction against the measured mean, its range, and the runs it is within."""
+    table = Table(title="predicted vs measured over repeated runs (traffic per component rank and sync step, ms)")
+    for name in ("benchmark", "runs", "component", "figure", "predicted", "measured mean", "measured range",
+                 "error of mean", f"runs within {within_pct:g} %"):
+        table.add_column(name, justify="left" if name in ("benchmark", "component", "figure") else "right")
+    for group in groups:
+        label = group.label
+        for comp in COMPONENTS:
+            for cat in (*TRAFFIC, "traffic"):
+                pred, meas = group.figure(comp, cat)
+                mean = sum(meas) / len(meas) if meas else None
+                near = sum(abs(pred - m) <= within_pct / 100 * m for m in meas)
+                table.add_row(label, str(len(group.results)) if label else "", comp, cat, f"{pred * 1e3:.3f}",
+                              "-" if mean is None else f"{mean * 1e3:.3f}",
+                              f"{min(meas) * 1e3:.3f}..{max(meas) * 1e3:.3f}" if meas else "-", _err(pred, mean),
+                              f"{near} of {len(meas)}")
+                label = ""
+    return table
+
+
+def render_check(results: Sequence[CheckResult], console: Console, within_pct: float = 30.0) -> None:
+    """The comparison table (runs of one benchmark repeated: per benchmark over its runs), then the model's warnings."""
+    groups = repeats(results)
+    if len(groups) < len(results):
+        console.print(repeats_table(groups, within_pct))
+    else:
+        console.print(check_table(results))
     seen: list[str] = []
     for res in results:
         seen.extend(w for w in res.prediction.warnings if w not in seen)
