@@ -542,6 +542,21 @@ def test_a_kept_file_removed_behind_the_backends_back_is_noticed(shm: Path, monk
             client.put_tensor("rm", np.ones(100))
 
 
+def test_a_directory_removed_while_its_key_vanished_is_named_not_the_key(shm: Path) -> None:
+    """``check_store``: a missing key whose directory an ``rm -rf`` removes a moment later is reported as the removal."""
+    with FileClient("nodelocal", shm) as client:
+        client.put_tensor("k", np.ones(10))
+        client.check_store(within_s=0.05)  # the directory is there: nothing to say
+        client.delete("k")  # rm -rf: the files first, then, a moment later, the directory
+        remover = threading.Timer(0.1, shutil.rmtree, args=(shm,))
+        remover.start()
+        start = time.monotonic()
+        with pytest.raises(FileNotFoundError, match="was removed"):
+            client.check_store(within_s=5.0)
+        assert time.monotonic() - start < 4.0, "seen when it happened, not at the end of the watch"
+        remover.join()
+
+
 def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 

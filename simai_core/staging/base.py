@@ -73,6 +73,13 @@ class StagingClient(ABC):
     def close(self) -> None:  # noqa: B027  (optional hook: many clients hold nothing to release)
         """Release the connection; calling it twice is harmless."""
 
+    def check_store(self, within_s: float = 0.0) -> None:  # noqa: B027  (optional hook: most stores cannot vanish)
+        """Raise when the store itself is gone, not just a key, watching ``within_s`` for a removal under way.
+
+        For a key that another component announced and that is missing: an ``rm -rf`` of a staging
+        directory removes its files before the directory, so the key can vanish first.
+        """
+
     def poll(self, key: str, timeout_s: float, interval_s: float = 1e-3, max_interval_s: float = 0.05) -> bool:
         """Wait until ``key`` exists, with exponential backoff; False when ``timeout_s`` passes first."""
         deadline = time.monotonic() + timeout_s

@@ -246,6 +246,14 @@ class FileClient(StagingClient):
         self._finalizer()
         self._dir.close()
 
+    def check_store(self, within_s: float = 0.0) -> None:
+        deadline = time.monotonic() + within_s
+        while True:
+            self._dir.check_present()
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
+
     def put_tensor(self, key: str, array: ArrayLike) -> None:
         arr = as_numpy(array)
         if arr.dtype.hasobject:

@@ -158,6 +158,10 @@ class PeerMonitor:
             )
 
 
+#: How long a component that misses an announced key watches for its store's removal before blaming the key.
+STORE_REMOVAL_S = 0.5
+
+
 def fetch_announced(client: StagingClient, acc: Accounting, keys: Keys, key: str, category: str,
                     out: np.ndarray | None = None) -> np.ndarray:
     """Get a tensor the simulation announced, timed as ``category``; :class:`WorkflowError` when it is missing."""
@@ -166,6 +170,7 @@ def fetch_announced(client: StagingClient, acc: Accounting, keys: Keys, key: str
         if array is not None:
             ev["nbytes"] = array.nbytes
     if array is None:
+        client.check_store(within_s=STORE_REMOVAL_S)  # a staging directory being removed says so
         raise WorkflowError(f"staging key {key!r} is missing although the simulation announced it")
     return array
 

@@ -31,7 +31,7 @@ from simai_core.workflow.collective import agree
 from simai_core.workflow.config import WorkflowConfig
 from simai_core.workflow.layout import Role
 from simai_core.workflow.problem import MockFields
-from simai_core.workflow.protocol import CONVERGED, STOP_REASONS, Heartbeat, Keys, PeerMonitor, WorkflowError
+from simai_core.workflow.protocol import CONVERGED, STOP_REASONS, STORE_REMOVAL_S, Heartbeat, Keys, PeerMonitor, WorkflowError
 from simai_core.workflow.report import ComponentReport, Outcome
 from simai_core.workflow.snapshots import make_sender
 from simai_core.workflow.timers import Accounting
@@ -194,6 +194,7 @@ class Simulation:
                 blob = self.client.get_bytes(self.keys.model)
                 ev["nbytes"] = len(blob) if blob is not None else None
             if blob is None:
+                self.client.check_store(within_s=STORE_REMOVAL_S)
                 raise WorkflowError(f"the trainer announced checkpoint {version} but {self.keys.model!r} is missing")
             with self.acc.section("checkpoint_load", version=version):
                 self.model = checkpoint.from_bytes(blob)
