@@ -36,6 +36,9 @@ def world() -> Any:
 
 _INTERRUPTED: list[int] = []
 INTERRUPT_GRACE_S = 2.0
+#: Between a failing rank's last words and its MPI_Abort: MPICH's launcher tears the job down on an abort and
+#: can drop what a rank wrote just before (1 message of 40 lost here without it, none of 60 with 0.2 s).
+ABORT_DRAIN_S = 0.2
 
 
 def _abort_job_after_ctrl_c() -> None:
@@ -56,8 +59,7 @@ def _abort_job_after_ctrl_c() -> None:
             if rank() != 0:
                 time.sleep(INTERRUPT_GRACE_S)  # rank 0, which holds the shared servers, stops them first
             sys.stderr.write(f"[rank {rank()}/{size()}] interrupted (Ctrl-C): aborting all ranks\n")
-            sys.stderr.flush()
-            world().Abort(130)
+            abort_world(130)
 
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         signal.signal(signal.SIGINT, interrupted)
@@ -127,8 +129,18 @@ def abort(message: str, exc: BaseException | None = None, code: int = 1) -> None
     if exc is not None:
         text += "".join(traceback.format_exception(exc))
     sys.stderr.write(text)
-    sys.stderr.flush()
-    world().Abort(code)
+    abort_world(code)
+
+
+def abort_world(code: int) -> None:
+    """Abort every rank of the job, once what this rank wrote has had :data:`ABORT_DRAIN_S` to reach the launcher."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream must not keep the job alive
+            stream.flush()
+    time.sleep(ABORT_DRAIN_S)
+    from mpi4py import MPI  # not world(): its first call is collective, and this rank is alone here
+
+    MPI.COMM_WORLD.Abort(code)
 
 
 def bcast_result(fn: Callable[[], T], comm: Any = None, root: int = 0) -> T:

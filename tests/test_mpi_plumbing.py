@@ -92,6 +92,28 @@ def test_a_failing_rank_aborts_the_job():
             leftover.unlink(missing_ok=True)
 
 
+LAST_WORDS = """
+import sys, time
+from mpi4py import MPI
+from simai_core import mpi
+mpi.world()  # every rank: MPICH's shared-memory names released, so the aborted job leaves none in /dev/shm
+if MPI.COMM_WORLD.Get_rank() == 1:
+    sys.stderr.write("rank 1: last words\\n")
+    mpi.abort_world(3)
+time.sleep(30)  # the others: busy elsewhere when the job is torn down
+"""
+
+
+def test_a_failing_ranks_last_words_reach_the_output():
+    """MPICH's launcher may drop what a rank wrote just before MPI_Abort (1 of 40 here): abort_world waits for it."""
+    lost = 0
+    for _ in range(20):
+        proc = run([MPIEXEC, "-n", "4", sys.executable, "-c", LAST_WORDS], timeout=60)
+        assert proc.returncode != 0
+        lost += "rank 1: last words" not in proc.stderr + proc.stdout
+    assert lost == 0, f"the failing rank's message was lost in {lost} of 20 jobs"
+
+
 @pytest.mark.dragon
 @pytest.mark.timeout(900)
 def test_the_workflow_runs_on_mpi_ranks_that_a_dragon_runtime_starts(tmp_path):

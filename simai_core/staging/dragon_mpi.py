@@ -166,6 +166,6 @@ if __name__ == "__main__":
             _rank_main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     except BaseException:
         traceback.print_exc()
-        from mpi4py import MPI
+        from simai_core import mpi
 
-        MPI.COMM_WORLD.Abort(1)  # the other ranks would wait at the next barrier
+        mpi.abort_world(1)  # the other ranks would wait at the next barrier

@@ -182,6 +182,8 @@ if __name__ == "__main__":
     if code:
         from mpi4py import MPI
 
+        from simai_core import mpi
+
         if MPI.COMM_WORLD.Get_size() > 1:
-            MPI.COMM_WORLD.Abort(code)  # the other ranks may wait in the solver's collectives
+            mpi.abort_world(code)  # the other ranks may wait in the solver's collectives
     sys.exit(code)
