@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,11 @@ def needs(backend: str) -> None:
 
 
 # ---------------------------------------------------------------- what must be gone afterwards
+def hydra_files() -> set[Path]:
+    """The topology files MPICH's hydra writes while it runs and removes when it ends (not when SIGKILLed or aborted)."""
+    return set(Path(tempfile.gettempdir()).glob("hydra_hwloc_xmlfile_*"))
+
+
 class Leftovers:
     """Watches the processes this test starts; afterwards finds what of them, their ports and files remains."""
 

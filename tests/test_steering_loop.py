@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import psutil
 import pytest
+from test_faults import hydra_files
 
 from simai_core.profiles import load_profile
 from simai_core.staging import registry
@@ -38,11 +37,6 @@ def steer(redis_staging, tmp_path, **fields):
     assert_nothing_left_running(before)
     assert not hydra_files() - files_before, "an mpiexec of the run was killed before it could remove its files"
     return result
-
-
-def hydra_files() -> set[Path]:
-    """The topology files MPICH's hydra writes while it runs and removes when it ends (not when SIGKILLed)."""
-    return set(Path(tempfile.gettempdir()).glob("hydra_hwloc_xmlfile_*"))
 
 
 def our_children() -> set[int]:
