@@ -179,22 +179,3 @@ def test_colocated_runs_get_a_node_local_server(shared_files, tmp_path):
         comm.Barrier()
     comm.Barrier()  # the node's first rank stops the server on leaving the block
     assert not Path(address).exists(), "the per-node server is stopped when the block ends"
-
-
-def test_coupled_trainer_loads_average_their_gradients_and_stop_after_the_same_step():
-    """The micro benchmarks' neighbours train as DDP ranks do: one all-reduce per step, and fixed rounds."""
-    import torch
-
-    from simai_core.workflow.distributed import gloo_group
-    from simai_core.workflow.trainer_load import TrainerLoad
-
-    comm = mpi.world()
-    load = TrainerLoad("small", snapshots=2, seed=comm.rank, group=gloo_group(comm, timeout_s=60))  # data per rank
-    load.train_step()
-    grads = torch.cat([p.grad.flatten() for p in load.model.parameters()]).numpy()
-    everyone = comm.allgather(grads)
-    assert all(np.allclose(everyone[0], g) for g in everyone)  # the ranks' different gradients, averaged
-    t0 = time.perf_counter()
-    load.run(0.05 if comm.rank == 0 else 60.0)  # rank 0's time runs out first: every rank stops with it
-    assert time.perf_counter() - t0 < 10.0
-    assert len(set(comm.allgather(load.steps))) == 1 and load.steps > 1  # fixed rounds: as many all-reduces each

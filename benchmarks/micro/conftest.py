@@ -10,7 +10,7 @@
   (whose wait MPICH spends polling), then call, as the simulation does at a sync point (snapshot,
   inference, collectives) before its staging calls; and the neighbours train as the motif-6 trainer
   does at ``--simai-trainer-size`` (:class:`~simai_core.workflow.trainer_load.TrainerLoad`: its MLP,
-  mini-batch and table of snapshots, each step's gradients all-reduced among the neighbours). Its rounds are
+  mini-batch and table of snapshots, a short sleep after each step for the all-reduce). Its rounds are
   short, so it runs :data:`WARM_ROUNDS` of them: the calls' times are heavy-tailed, and their mean
   needs many.
 
@@ -27,8 +27,7 @@ copies through the shared caches and memory more than 64-row mini-batches (small
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -49,8 +48,6 @@ BUSY_TAIL_S = 0.1
 WARM_S = 0.01
 #: Rounds of a ``busy_warm`` benchmark unless ``--simai-rounds`` says otherwise (no sleep: ~0.1 s each).
 WARM_ROUNDS = 40
-#: ``busy_warm``: how long a neighbour's all-reduce waits for its peers before it fails the benchmark.
-NEIGHBOUR_TIMEOUT_S = 60.0
 #: ``busy_warm``: the problem size whose trainer the neighbours emulate unless ``--simai-trainer-size`` says otherwise.
 TRAINER_SIZE = "small"
 
@@ -133,20 +130,19 @@ def neighbour_params(neighbours: str, trainer_size: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def after_idle(cold_idle_s: float, neighbours: str,
-               trainer_size: str) -> Iterator[Callable[[PairedRounds], Callable[[], None]]]:
+def after_idle(cold_idle_s: float, neighbours: str, trainer_size: str) -> Callable[[PairedRounds], Callable[[], None]]:
     """``after_idle(timing)``: a ``benchmark.pedantic`` setup: the round's barrier, then ``--simai-idle`` seconds of sleep
     (a busy neighbour computes instead, through the callers' call too; ``busy_warm`` callers compute :data:`WARM_S`
-    instead of sleeping, and its neighbours train together as the motif-6 trainer ranks do at ``--simai-trainer-size``).
+    instead of sleeping, and its neighbours train as the motif-6 trainer does at ``--simai-trainer-size``).
 
     The sleep comes after the barrier because MPICH's barrier busy-polls, which would keep the rank awake:
     the timed call then finds the process, and the staging server, as a workflow's call does after its step.
     """
-    load, comm = None, None
-    if neighbours == "busy_warm":
-        comm = mpi.world().Split(0 if caller(neighbours) else 1, key=mpi.rank())
-        if not caller(neighbours):
-            load = _trainer_load(trainer_size, comm)
+    load = None
+    if neighbours == "busy_warm" and not caller(neighbours):
+        from simai_core.workflow.trainer_load import TrainerLoad  # deferred: imports torch
+
+        load = TrainerLoad(trainer_size)  # type: ignore[arg-type]  # one of SIZES: the option's choices
 
     def setup_for(timing: PairedRounds) -> Callable[[], None]:
         def setup() -> None:
@@ -160,17 +156,4 @@ def after_idle(cold_idle_s: float, neighbours: str,
             else:
                 _compute(cold_idle_s + warm + BUSY_TAIL_S)
         return setup
-    yield setup_for
-    if comm is not None:
-        comm.Free()
-
-
-def _trainer_load(trainer_size: str, comm: Any) -> Any:
-    """The neighbours' :class:`~simai_core.workflow.trainer_load.TrainerLoad`, its steps all-reduced over ``comm``'s
-    ranks (collective) as the trainer's DDP does; each round ends on every rank after the same step, so none can hang.
-    """
-    from simai_core.workflow.distributed import gloo_group  # deferred: imports torch
-    from simai_core.workflow.trainer_load import TrainerLoad
-
-    group = gloo_group(comm, NEIGHBOUR_TIMEOUT_S) if comm.Get_size() > 1 else None
-    return TrainerLoad(trainer_size, group=group)  # type: ignore[arg-type]  # one of SIZES: the option's choices
+    return setup_for

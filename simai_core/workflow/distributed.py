@@ -52,32 +52,21 @@ def _master_host(comm: Any) -> str:
     return "127.0.0.1" if len(set(hosts)) == 1 else hosts[0]
 
 
-def _rendezvous(comm: Any, timeout: timedelta) -> Any:
-    """A ``TCPStore`` shared by the ranks of ``comm`` (collective): rank 0 serves it on an ephemeral port."""
-    host = _master_host(comm)
-    rank, size = comm.Get_rank(), comm.Get_size()
-    if rank == 0:
-        store = dist.TCPStore(host, 0, size, is_master=True, timeout=timeout, wait_for_workers=False)
-        comm.bcast(store.port, root=0)
-        return store
-    return dist.TCPStore(host, comm.bcast(None, root=0), size, is_master=False, timeout=timeout)
-
-
 def init_process_group(comm: Any, backend: str, timeout_s: float) -> Any:
     """Initialise the default process group over the ranks of ``comm`` (collective); returns the store."""
+    host = _master_host(comm)
     timeout = timedelta(seconds=timeout_s)
-    store = _rendezvous(comm, timeout)
-    dist.init_process_group(backend, store=store, rank=comm.Get_rank(), world_size=comm.Get_size(), timeout=timeout)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    store = None
+    port = 0
+    if rank == 0:
+        store = dist.TCPStore(host, 0, size, is_master=True, timeout=timeout, wait_for_workers=False)
+        port = store.port
+    port = comm.bcast(port, root=0)
+    if rank != 0:
+        store = dist.TCPStore(host, port, size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     return store
-
-
-def gloo_group(comm: Any, timeout_s: float) -> Any:
-    """A gloo process group over the ranks of ``comm`` (collective), apart from torch.distributed's default group.
-
-    Its collectives raise after ``timeout_s`` without their peers. It keeps its store alive.
-    """
-    timeout = timedelta(seconds=timeout_s)
-    return dist.ProcessGroupGloo(_rendezvous(comm, timeout), comm.Get_rank(), comm.Get_size(), timeout)
 
 
 def shutdown_process_group() -> None:
