@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from simai_core import mpi
-from simai_core.errors import BackendUnavailableError, StagingFullError
+from simai_core.errors import BackendUnavailableError, SimaiError, StagingFullError
 from simai_core.staging import registry
 
 pytestmark = [pytest.mark.dragon, pytest.mark.skipif(mpi.size() > 1, reason="starts and stops its own Dragon runtime")]
@@ -95,12 +95,28 @@ def test_value_larger_than_a_manager_is_refused_at_once(client: Any) -> None:
     assert time.monotonic() - t0 < 2
 
 
-def test_full_store_raises_instead_of_hanging(client: Any) -> None:
+def test_value_without_a_free_block_is_refused_at_once(client: Any) -> None:
+    """40 MiB fits under the 90 % threshold, but the 64 MiB buddy pool's largest block is 32 MiB."""
     t0 = time.monotonic()
-    with pytest.raises(StagingFullError, match="full"):
+    with pytest.raises(StagingFullError, match=r"no room .* largest free block 33554432"):
+        client.put_tensor("too.big.for.a.block", np.ones(40 * 2**20, np.uint8))
+    assert time.monotonic() - t0 < 2
+    assert not client.exists("too.big.for.a.block")
+
+
+def test_full_store_raises_and_keeps_what_it_stored(client: Any) -> None:
+    """Without the room check, Dragon 0.15 on a loaded node stored 8 MiB values cut to 224 bytes, said nothing."""
+    t0 = time.monotonic()
+    stored = 0
+    with pytest.raises(StagingFullError, match=r"no room|full"):
         for i in range(40):  # 40 x 8 MiB in a 64 MiB DDict
-            client.put_tensor(f"fill.{i}", np.zeros(8 * 2**20, np.uint8))
+            client.put_tensor(f"fill.{i}", np.full(8 * 2**20, i, np.uint8))
+            stored += 1
     assert time.monotonic() - t0 < 60
+    assert 4 <= stored < 8
+    for i in range(stored):  # every put that returned holds its whole value
+        np.testing.assert_array_equal(client.get_tensor(f"fill.{i}"), np.full(8 * 2**20, i, np.uint8))
+    assert not client.exists(f"fill.{stored}")
     assert client.clean("fill.") >= 1  # deletes right after "full" are where Dragon's replies break
     assert not any(client.exists(f"fill.{i}") for i in range(40))
     client.put_tensor("after", np.ones(4))  # usable again once emptied
@@ -123,6 +139,20 @@ print("RESULT" + json.dumps({"pids": pids, "launcher": launcher, "files_while_up
                              "metadata_left": b._Runtime.metadata_dir().exists(),
                              "timings": srv.timings_s}))
 """
+
+
+def test_truncated_value_is_an_error_not_garbage(client: Any, monkeypatch: Any) -> None:
+    """The read Dragon 0.15 fails with for a value it stored cut short becomes one clear error."""
+    client.put_tensor("intact", np.arange(3))
+
+    def truncated(key: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Exception caught in cloudpickle load: pickle data was truncated")
+
+    monkeypatch.setattr(client.ddict, "get", truncated)
+    with pytest.raises(SimaiError, match=r"holds 'cut' truncated.*value is lost"):
+        client.get_tensor("cut")
+    monkeypatch.undo()
+    np.testing.assert_array_equal(client.get_tensor("intact"), np.arange(3))  # the reattached client reads on
 
 
 def test_stop_leaves_nothing_of_this_run(tmp_path: Any) -> None:

@@ -53,6 +53,8 @@ from simai_core.staging.base import ArrayLike, RawReference, StagingClient, Stag
 DEFAULT_TIMEOUT_S = 30.0  # any DDict operation; a full store times out after this instead of hanging
 MAX_TOTAL_MEM = 2 * 2**30  # the DDict's pools are sized up front (rounded up to a power of two)
 _FULL_THRESHOLD = 0.9  # DDict's manager_pool_full_thresh: a manager refuses puts past this fill
+_RESERVED_POOL_BYTES = 2**20  # Dragon's RESERVED_POOL_SPACE: a manager refuses puts with less free
+_ROOM_CHECK_FRACTION = 16  # values of at least 1/16 of a manager's pool are checked for room first
 _RUNTIME_START_S = 60.0
 # One record per live runtime of this suite (owner, processes, pool files), so that the next run can
 # clean up after one that was SIGKILLed before it could stop its runtime.
@@ -433,8 +435,9 @@ class DragonClient(StagingClient):
         self._address, self._timeout_s = address, timeout_s
         self._shared = address in _SHARED  # the process's handle: used, never detached here
         self._ddict: Any = _SHARED[address] if self._shared else DDict.attach(address, timeout=timeout_s)
-        stats = self._ddict.stats
-        self._capacity = int(min(s.total_bytes for s in stats) * _FULL_THRESHOLD)  # a value lives on one manager
+        pool_bytes = min(s.total_bytes for s in self._ddict.stats)  # a value lives on one manager
+        self._capacity = int(pool_bytes * _FULL_THRESHOLD)
+        self._room_checked_from = pool_bytes // _ROOM_CHECK_FRACTION
 
     def _put(self, key: str, value: Any, nbytes: int) -> None:
         from dragon.data.ddict import DDictError
@@ -442,6 +445,8 @@ class DragonClient(StagingClient):
         if nbytes > self._capacity:
             raise StagingFullError(f"{key!r} ({nbytes} bytes) is larger than one DDict manager can hold "
                                    f"({self._capacity} bytes): raise staging.memory_bytes in the machine profile")
+        if nbytes >= self._room_checked_from:
+            self._check_room(key, nbytes)
         try:
             self._ddict[key] = value
         except (DDictError, TimeoutError) as exc:
@@ -449,6 +454,24 @@ class DragonClient(StagingClient):
             # read fails with "pickle data was truncated"), so start over on a fresh attachment.
             self._reattach()
             raise _store_error(key, nbytes, exc) from None
+
+    def _check_room(self, key: str, nbytes: int) -> None:
+        """Refuse a value that the key's manager has no free block for, before sending it.
+
+        A manager's pool is a buddy allocator: a value takes one block of the next power of two.
+        Sent without such a block, Dragon 0.15 usually times out (and this client says "full"),
+        but on a loaded node it can store the value cut to its pickle header and report success;
+        reads then fail with "pickle data was truncated". One stats round trip (about 2 ms).
+        """
+        manager, _ = self._ddict._choose_manager_pickle_key(key)  # Dragon's own key-to-manager hash
+        stats = self._ddict.dstats[manager]
+        block = 1 << (nbytes - 1).bit_length()
+        largest = max((size for size, count in stats.free_blocks.items() if count > 0), default=0)
+        if block > largest or stats.pool_free_space - block < _RESERVED_POOL_BYTES:
+            raise StagingFullError(
+                f"Dragon DDict manager {manager} has no room for {key!r} ({nbytes} bytes, a {block}-byte block): "
+                f"largest free block {largest} bytes, {stats.pool_free_space} bytes free of {stats.total_bytes}. "
+                "Delete old keys or raise staging.memory_bytes.")
 
     def _reattach(self) -> None:
         from dragon.data.ddict import DDict
@@ -462,8 +485,19 @@ class DragonClient(StagingClient):
         arr = as_numpy(array)
         self._put(key, arr, arr.nbytes)
 
+    def _get(self, key: str) -> Any:
+        try:
+            return self._ddict.get(key)
+        except RuntimeError as exc:
+            if "truncated" not in str(exc):
+                raise
+            self._reattach()  # the failed read may leave the rest of its reply in this client's stream
+            raise SimaiError(f"Dragon DDict holds {key!r} truncated: Dragon 0.15 can store a value cut to its "
+                             "pickle header when its manager's pool has no room for it. The value is lost; "
+                             "delete the key, and raise staging.memory_bytes if the store was nearly full.") from None
+
     def get_tensor(self, key: str, out: np.ndarray | None = None) -> np.ndarray | None:
-        value = self._ddict.get(key)
+        value = self._get(key)
         if not isinstance(value, np.ndarray):
             return None
         if out is not None:
@@ -477,7 +511,7 @@ class DragonClient(StagingClient):
         self._put(key, blob, len(blob))
 
     def get_bytes(self, key: str) -> bytes | None:
-        value = self._ddict.get(key)
+        value = self._get(key)
         return value if isinstance(value, bytes) else None
 
     def exists(self, key: str) -> bool:
