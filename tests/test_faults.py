@@ -138,7 +138,7 @@ def _shm_owner(name: str) -> int | None:
 
 @pytest.fixture
 def leftovers() -> Iterator[Leftovers]:
-    watch = Leftovers()
+    watch, hydra_before = Leftovers(), hydra_files()
     yield watch
     watch._stop.set()
     while _JOBS:
@@ -147,6 +147,8 @@ def leftovers() -> Iterator[Leftovers]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.pid, signal.SIGKILL)
         job.communicate()
+    for path in hydra_files() - hydra_before:  # the aborted jobs' hydra leaves its topology file (MPICH 4)
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- serial faults

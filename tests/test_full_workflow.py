@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,18 +92,7 @@ def test_killed_trainer_fails_the_solver_within_its_deadline(file_staging, tmp_p
     assert noticed - killed["at"] < PEER_TIMEOUT_S + 2.0
 
 
-@pytest.fixture
-def leftovers() -> Iterator[faults.Leftovers]:
-    """What the test's mpiexec job leaves behind (:class:`test_faults.Leftovers`); the job is ended if still up."""
-    watch = faults.Leftovers()
-    yield watch
-    watch._stop.set()
-    while faults._JOBS:
-        job = faults._JOBS.pop()
-        if job.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(job.pid, signal.SIGKILL)
-        job.communicate()
+leftovers = faults.leftovers  # the mpiexec job's leftovers watched, the job ended if still up
 
 
 CASE_PEER_TIMEOUT_S = 60.0  # the solver's deadline for a silent trainer: a trainer starved on a loaded node is not dead
