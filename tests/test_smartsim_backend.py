@@ -447,6 +447,8 @@ def test_nothing_outlives_stop(tmp_path, deployment):
         assert srv.processes() and tcp_listening_ports(srv.processes()) == set()
         assert backend.our_processes(0) == []  # port 0 names no DB (never another run's entrypoint)
         assert srv.exp_path.is_dir() and srv.exp_path.is_relative_to(tmp_path)
+        lock = backend._entrypoint_lock(srv.processes())  # a colocated DB's entrypoint holds one in the temp dir
+        assert (lock is not None and lock.is_file()) == (deployment == "colocated")
         c = backend.connect("smartsim", srv.address)
         c.put_tensor("x", np.arange(3))
         np.testing.assert_array_equal(c.get_tensor("x"), np.arange(3))
@@ -454,6 +456,7 @@ def test_nothing_outlives_stop(tmp_path, deployment):
     finally:
         srv.stop()
     assert_gone(srv)  # the socket and its config too
+    assert lock is None or not lock.exists()
     srv.stop()  # twice is harmless
 
 

@@ -72,6 +72,7 @@ UNIX_ACCESS = ("no TCP port; a Unix socket (mode 0700) in a 0700 directory of th
                "every other local user at the directory")
 TCP_ACCESS = "a TCP port with protected mode off: anyone who can reach the address can read and overwrite staged data"
 SOCKET_PERM = "700"  # the socket's mode, as Redis's unixsocketperm reads it (octal)
+_LOCK_NAME = re.compile(r"smartsim-[0-9a-f]{7}\.lock")  # SmartSim's create_lockfile_name()
 _SOCKET_CHARS = re.compile(r"[A-Za-z0-9.:,_\-/]+")  # what SmartSim accepts in a socket path (colocate_db_uds)
 _MAX_SOCKET_PATH = 100  # sun_path holds 107 bytes; Redis cuts a longer path short without a word
 
@@ -443,6 +444,7 @@ class SmartSimServer(StagingServer):
         exp, entity, self._exp, self._entity = self._exp, self._entity, None, None
         if exp is None:
             return
+        lock = _entrypoint_lock(self.processes())
         try:
             if self.socket is not None or self.deployment == "colocated":
                 _redis_call(self._address, "shutdown", nosave=True)  # exp.stop kills the holder, not its DB
@@ -456,6 +458,8 @@ class SmartSimServer(StagingServer):
             if self.socket is not None:  # Redis removes its socket on shutdown; not after a SIGKILL
                 self.socket.unlink(missing_ok=True)
                 self.socket.with_suffix(".conf").unlink(missing_ok=True)
+            if lock is not None:
+                _remove_own_file(lock)
 
     def processes(self) -> list[int]:
         """Live processes of this user that SmartSim started for this DB: the DB and its entrypoint."""
@@ -540,6 +544,30 @@ def our_processes(marker: int | Path) -> list[int]:
         if any(program in cmd and needle in cmd for program, needle in needles.items()):
             pids.append(int(proc.name))
     return pids
+
+
+def _entrypoint_lock(pids: list[int]) -> Path | None:
+    """The lock file a colocated DB's SmartSim entrypoint holds in the temp dir (``+lockfile NAME``).
+
+    The entrypoint removes it only when it is signalled, not when its DB shuts down. The name comes
+    from a process's command line, so only SmartSim's own pattern is accepted.
+    """
+    for pid in pids:
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "+lockfile" in args[:-1] and _LOCK_NAME.fullmatch(name := args[args.index("+lockfile") + 1]):
+            return Path(tempfile.gettempdir()) / name
+    return None
+
+
+def _remove_own_file(path: Path) -> None:
+    """Remove ``path`` if it is a regular file of this user (not a link or another user's file)."""
+    with suppress(FileNotFoundError):
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+            path.unlink()
 
 
 def terminate(pids: list[int], grace_s: float = 5.0) -> None:
