@@ -63,6 +63,14 @@ def hydra_files() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("hydra_hwloc_xmlfile_*"))
 
 
+def pyg_sources() -> set[Path]:
+    """PyG's generated GNN modules in the temp dir that another process wrote: each removes its own at exit, a
+    SIGKILLed one cannot (:func:`simai_core.models.gnn._remove_generated_source_at_exit`)."""
+    gnn = sys.modules.get("simai_core.models.gnn")
+    own = {Path(p) for p in getattr(gnn, "_REMOVE_AT_EXIT", ())}
+    return set(Path(tempfile.gettempdir()).glob("simai_core.models.gnn_*_propagate_*.py")) - own
+
+
 class Leftovers:
     """Watches the processes this test starts; afterwards finds what of them, their ports and files remains."""
 
@@ -138,7 +146,7 @@ def _shm_owner(name: str) -> int | None:
 
 @pytest.fixture
 def leftovers() -> Iterator[Leftovers]:
-    watch, hydra_before = Leftovers(), hydra_files()
+    watch, files_before = Leftovers(), hydra_files() | pyg_sources()
     yield watch
     watch._stop.set()
     while _JOBS:
@@ -147,7 +155,9 @@ def leftovers() -> Iterator[Leftovers]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.pid, signal.SIGKILL)
         job.communicate()
-    for path in hydra_files() - hydra_before:  # the aborted jobs' hydra leaves its topology file (MPICH 4)
+    # What the killed processes could not remove: an aborted job's hydra topology file (MPICH 4), a
+    # SIGKILLed trainer's PyG module.
+    for path in (hydra_files() | pyg_sources()) - files_before:
         path.unlink(missing_ok=True)
 
 

@@ -59,8 +59,12 @@ def test_staged_sample_equals_the_solver_fields(file_staging):
     assert np.abs(received[:, 3]).max() > 0 and set(np.unique(received[:, 2])) <= {1.5, 2.0, 2.5, 3.0}
 
 
+# What a test's killed processes leave is watched, and what they could not remove is removed.
+leftovers = faults.leftovers
+
+
 @pytest.mark.timeout(600)
-def test_killed_trainer_fails_the_solver_within_its_deadline(file_staging, tmp_path):
+def test_killed_trainer_fails_the_solver_within_its_deadline(file_staging, tmp_path, leftovers):
     from simai_core.workflow.simulation import run_simulation
 
     client, address = file_staging
@@ -90,9 +94,6 @@ def test_killed_trainer_fails_the_solver_within_its_deadline(file_staging, tmp_p
         trainer.kill()
     assert "at" in killed, "the trainer never delivered a checkpoint, so it was never killed"
     assert noticed - killed["at"] < PEER_TIMEOUT_S + 2.0
-
-
-leftovers = faults.leftovers  # the mpiexec job's leftovers watched, the job ended if still up
 
 
 CASE_PEER_TIMEOUT_S = 60.0  # the solver's deadline for a silent trainer: a trainer starved on a loaded node is not dead
