@@ -88,6 +88,12 @@ def replace_private(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)  # rename replaces a link at ``path`` itself, never its target
 
 
+def is_own_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file of this user, not a link; :class:`FileNotFoundError` if it is gone."""
+    st = path.lstat()
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+
+
 def read_own_file(path: Path) -> bytes:
     """The bytes of regular file ``path`` owned by this user; :class:`NotPrivateError` for a link or another's file."""
     try:

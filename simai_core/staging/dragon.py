@@ -26,7 +26,6 @@ import pickle
 import re
 import shutil
 import signal
-import stat
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from simai_core import mpi
 from simai_core.errors import BackendUnavailableError, SimaiError, StagingFullError
 from simai_core.private import (
     SharedMachineWarning,
+    is_own_file,
     is_own_process,
     private_dir,
     process_identity,
@@ -208,10 +208,9 @@ def _own_pool_file(name: Any) -> bool:
     if not isinstance(name, str) or not _POOL_NAME.fullmatch(name):
         return False
     try:
-        st = os.lstat(f"/dev/shm/{name}")
+        return is_own_file(Path("/dev/shm", name))
     except FileNotFoundError:
         return True
-    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _force_clean(pids: set[int], shm_files: Iterable[str]) -> dict[str, list[Any]]:

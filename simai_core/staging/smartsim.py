@@ -46,7 +46,7 @@ import numpy as np
 
 from simai_core.errors import BackendUnavailableError, StagingFullError
 from simai_core.net import free_port
-from simai_core.private import SharedMachineWarning, private_dir, write_private
+from simai_core.private import SharedMachineWarning, is_own_file, private_dir, write_private
 from simai_core.profiles import MachineProfile
 from simai_core.staging.base import ArrayLike, RawReference, StagingClient, StagingServer, as_numpy, check_out
 from simai_core.staging.redis import CHUNK_BYTES, glob_escape
@@ -459,7 +459,9 @@ class SmartSimServer(StagingServer):
                 self.socket.unlink(missing_ok=True)
                 self.socket.with_suffix(".conf").unlink(missing_ok=True)
             if lock is not None:
-                _remove_own_file(lock)
+                with suppress(FileNotFoundError):
+                    if is_own_file(lock):  # never a link or another user's file
+                        lock.unlink()
 
     def processes(self) -> list[int]:
         """Live processes of this user that SmartSim started for this DB: the DB and its entrypoint."""
@@ -560,14 +562,6 @@ def _entrypoint_lock(pids: list[int]) -> Path | None:
         if "+lockfile" in args[:-1] and _LOCK_NAME.fullmatch(name := args[args.index("+lockfile") + 1]):
             return Path(tempfile.gettempdir()) / name
     return None
-
-
-def _remove_own_file(path: Path) -> None:
-    """Remove ``path`` if it is a regular file of this user (not a link or another user's file)."""
-    with suppress(FileNotFoundError):
-        info = path.lstat()
-        if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
-            path.unlink()
 
 
 def terminate(pids: list[int], grace_s: float = 5.0) -> None:
