@@ -1,11 +1,15 @@
-"""The suite's pytest plugin keeps a session's JSON when one benchmark ends before its first round."""
+"""The suite's pytest plugin keeps a session's JSON when one benchmark ends before its first round; the micro
+benchmarks' order puts the cold-call ones first."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from simai_core.sizes import parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +39,16 @@ def test_a_benchmark_without_rounds_does_not_lose_the_json(tmp_path: Path) -> No
     assert "empty sequence" not in proc.stdout + proc.stderr
     names = [b["name"] for b in json.loads(out.read_text())["benchmarks"]]
     assert names == ["test_kept"]
+
+
+def test_cold_call_benchmarks_run_first_smallest_value_first() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "benchmarks/micro", "-m", "micro and nodelocal", "--simai-sizes", "1KiB,4MiB"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    ids = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert ids, proc.stdout + proc.stderr
+    cold = [bool(re.search(r"::test_(tensor|metadata)_cold", i)) for i in ids]
+    assert cold.index(False) == sum(cold), "a cold-call benchmark after another benchmark"
+    sizes = [parse_size(m.group(1)) if (m := re.search(r"[-\[](\d+[KM]iB)", i)) else 0 for i in ids[:sum(cold)]]
+    assert sizes == sorted(sizes) and len(set(sizes)) > 2
+    assert any("test_tensor[4MiB" in i for i in ids[sum(cold):])  # the sweep, after them
