@@ -217,6 +217,13 @@ def test_cpu_wait_is_one_line_through_every_warm_call_and_never_negative():
     assert fit_cpu_wait([(1e-3, -1e-4)]) == CpuWait(0.0, 0.0, 1)  # warm faster than back to back: no wait
 
 
+def test_cpu_wait_is_not_set_by_the_few_calls_of_one_size():
+    line = [(t, 0.0015 + 0.2 * t) for t in (1e-4, 1.2e-4, 1.5e-4, 2e-4, 3e-4, 1.5e-2, 1.6e-2)]
+    one_size = [(1.7e-3, 9e-3), (2.6e-3, 1.2e-2)]  # SmartSim's 2 MiB put and get in a fresh process
+    fitted = fit_cpu_wait(line + one_size)
+    assert fitted.per_call_s == pytest.approx(0.0015, rel=0.05) and fitted.share == pytest.approx(0.2, rel=0.05)
+
+
 def _warm_model() -> CostModel:
     doc = _micro_doc(4, 1.0, variants=True)
     doc["benchmarks"] += samples.run_doc(_warm_benches(4))["benchmarks"]

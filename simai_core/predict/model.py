@@ -30,7 +30,7 @@ Per operation: ``cost = latency + bytes / bandwidth``.
   when the micro runs have them, else all of them, with a warning.
 * CPU wait (:meth:`CostModel.cpu_wait`): what a ``warm_busy`` call cost beyond the back-to-back call
   of its op and size, fitted over all of them as ``per_call_s + share * t`` (``t``: the back-to-back
-  time): the wait for a CPU when the reply wakes the caller, and the share of its own run time lost
+  time; a Theil-Sen line): the wait for a CPU when the reply wakes the caller, and the share of its own run time lost
   to neighbours that preempt it. One fit over every op and size of a backend, because each
   benchmark's mean is carried by a few slow calls of a heavy tail, too few to price an op alone.
 """
@@ -39,8 +39,11 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from scipy.stats import theilslopes
 
 from simai_core.report.loading import Bench, Run
 
@@ -174,20 +177,22 @@ class CpuWait:
 
 
 def fit_cpu_wait(points: Sequence[tuple[float, float]]) -> CpuWait:
-    """Least squares of ``excess = per_call_s + share * t`` over ``(t, excess)`` points, both terms kept >= 0."""
+    """A Theil-Sen line ``excess = per_call_s + share * t`` through ``(t, excess)`` points, both terms kept >= 0.
+
+    The slope is the median of the pairwise slopes, the intercept the median of ``excess - share * t``, so
+    the few points of one size whose own mechanism adds time (SmartSim's 2 MiB calls in a fresh process)
+    do not set every call's wait, as they did a least-squares line's.
+    """
     n = len(points)
     if n == 0:
         raise ValueError("no points to fit")
-    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    share = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
-    per_call = my - share * mx
+    ts, excess = [t for t, _ in points], [y for _, y in points]
+    if len(set(ts)) < 2:
+        return CpuWait(max(statistics.median(excess), 0.0), 0.0, n)
+    share, per_call, *_ = theilslopes(excess, ts, method="joint")
     if share < 0:  # no growth with the call's length: a constant wait
-        return CpuWait(max(my, 0.0), 0.0, n)
-    if per_call < 0:  # no wait of its own: a share only, through the origin
-        sx2 = sum(x * x for x, _ in points)
-        return CpuWait(0.0, max(sum(x * y for x, y in points) / sx2, 0.0) if sx2 > 0 else 0.0, n)
-    return CpuWait(per_call, share, n)
+        return CpuWait(max(statistics.median(excess), 0.0), 0.0, n)
+    return CpuWait(max(float(per_call), 0.0), float(share), n)  # below zero: a share only, no wait of its own
 
 
 @dataclass
