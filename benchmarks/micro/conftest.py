@@ -74,7 +74,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the cold-call benchmarks first, smallest value first (the same order on every rank).
 
     They stand for a workflow's calls, and a process's history changes them: beside a training
-    neighbour, a SmartSim put of 2 MiB took 11-13 ms in a process that had moved nothing larger (as
+    neighbour, a SmartSim put of 2 MiB took 9-14 ms in a process that had moved nothing larger (as
     in the workflow) and 5-6 ms once it had put and got 4 MiB values, on any connection.
     """
     cold = sorted((item for item in items if _cold_bytes(item) is not None), key=lambda item: _cold_bytes(item) or 0)
