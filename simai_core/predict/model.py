@@ -29,10 +29,11 @@ Per operation: ``cost = latency + bytes / bandwidth``.
   (``trainer_size``); :func:`cost_model` keeps the ``busy_warm`` benchmarks of the workflow's size
   when the micro runs have them, else all of them, with a warning.
 * CPU wait (:meth:`CostModel.cpu_wait`): what a ``warm_busy`` call cost beyond the back-to-back call
-  of its op and size, fitted over all of them as ``per_call_s + share * t`` (``t``: the back-to-back
-  time; a Theil-Sen line): the wait for a CPU when the reply wakes the caller, and the share of its own run time lost
-  to neighbours that preempt it. One fit over every op and size of a backend, because each
-  benchmark's mean is carried by a few slow calls of a heavy tail, too few to price an op alone.
+  of its op and size, fitted over all of them as a Theil-Sen line ``per_call_s + share * t`` (``t``:
+  the back-to-back time): the wait for a CPU when the reply wakes the caller, and the share of its
+  own run time lost to neighbours that preempt it. One fit over every op and size of a backend,
+  because each benchmark's mean is carried by a few slow calls of a heavy tail, too few to price an
+  op alone.
 """
 
 from __future__ import annotations
