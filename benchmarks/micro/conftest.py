@@ -77,8 +77,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     neighbour, a SmartSim put of 2 MiB took 9-14 ms in a process that had moved nothing larger (as
     in the workflow) and 5-6 ms once it had put and got 4 MiB values, on any connection.
     """
-    cold = sorted((item for item in items if _cold_bytes(item) is not None), key=lambda item: _cold_bytes(item) or 0)
-    items[:] = cold + [item for item in items if _cold_bytes(item) is None]
+    keyed = [(_cold_bytes(item), item) for item in items]
+    cold = sorted(((size, item) for size, item in keyed if size is not None), key=lambda pair: pair[0])
+    items[:] = [item for _, item in cold] + [item for size, item in keyed if size is None]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
